@@ -1,0 +1,60 @@
+"""shmstore: one key-value store shared by every process of a job on one machine.
+
+``SharedByteStore`` and ``SharedStore`` implement LangChain's ``BaseStore`` interface
+with the semantics of ``InMemoryByteStore`` and ``InMemoryStore``; a manager process owns
+the data and every process holds a proxy. See README.md.
+
+The store classes are imported on first use (PEP 562), so the manager process, which
+imports this package, does not pay for importing LangChain.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._errors import (
+    InvalidBatchError,
+    InvalidKeyError,
+    InvalidValueError,
+    LimitExceededError,
+    ProtocolError,
+    StoreClosedError,
+    StoreConnectionError,
+    StoreError,
+    StoreNotFoundError,
+    StorePermissionError,
+)
+
+if TYPE_CHECKING:
+    from ._store import SharedByteStore, SharedStore
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "InvalidBatchError",
+    "InvalidKeyError",
+    "InvalidValueError",
+    "LimitExceededError",
+    "ProtocolError",
+    "SharedByteStore",
+    "SharedStore",
+    "StoreClosedError",
+    "StoreConnectionError",
+    "StoreError",
+    "StoreNotFoundError",
+    "StorePermissionError",
+]
+
+_LAZY = {"SharedByteStore", "SharedStore"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from . import _store
+
+        return getattr(_store, name)
+    raise AttributeError(f"module 'shmstore' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _LAZY)

@@ -1,0 +1,124 @@
+"""A proxy's connection to its manager.
+
+One :class:`Client` per proxy object. It connects lazily, on the first request, and
+carries one request at a time (a lock serialises threads). Three rules keep it from
+ever reading a reply that is not its own:
+
+* **fork**: a connection belongs to the process that opened it. A forked child that
+  uses an inherited proxy closes its copy of the descriptor (which leaves the parent's
+  socket open) and connects afresh. Sharing one socket would interleave two processes'
+  frames, as in redis-py #234 and py-lmdb #346.
+* **interruption**: anything raised between sending a request and receiving its whole
+  reply (``KeyboardInterrupt`` included) leaves the connection out of step, so it is
+  discarded; the next request connects again.
+* **a dead manager**: EOF or a socket error becomes :class:`StoreConnectionError` at
+  once. The manager's sockets exist only in its own process, so its death is seen as
+  EOF by every client immediately; there is nothing to time out.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from multiprocessing import AuthenticationError
+from multiprocessing.connection import Client as _connect
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ._errors import StoreClosedError, StoreConnectionError, StorePermissionError
+from ._protocol import parse_reply
+from ._runtime import StorePaths
+
+__all__ = ["Client"]
+
+
+class Client:
+    """Requests and replies over one authenticated connection to the manager at ``paths``."""
+
+    def __init__(self, paths: StorePaths, authkey: bytes | None) -> None:
+        """:param authkey: the store's key; ``None`` reads it from the key file when
+        first connecting (proxies rebuilt from pickles carry no key)."""
+        self._paths = paths
+        self._authkey = authkey
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._connection: Connection | None = None
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def request(self, frame: bytes) -> Any:
+        """Send one encoded request and return the decoded result of its reply.
+
+        :raises StoreClosedError: :meth:`close` was called.
+        :raises StoreConnectionError: the manager cannot be reached or the connection
+            broke; the cause is chained.
+        :raises StoreError: the manager answered with an error.
+        """
+        if self._closed:
+            raise StoreClosedError(f"store {self._paths.name!r} is closed")
+        if self._pid != os.getpid():
+            self._forget_parent_connection()
+        with self._lock:
+            connection = self._connection or self._connect()
+            try:
+                connection.send_bytes(frame)
+                reply = connection.recv_bytes()
+            except BaseException as exc:
+                self._discard()
+                if isinstance(exc, (EOFError, OSError)):
+                    raise StoreConnectionError(
+                        f"lost the connection to the manager of store {self._paths.name!r}"
+                    ) from exc
+                raise
+        return parse_reply(reply)
+
+    def connect(self) -> None:
+        """Connect now rather than on the first request; same errors as :meth:`request`."""
+        if self._closed:
+            raise StoreClosedError(f"store {self._paths.name!r} is closed")
+        if self._pid != os.getpid():
+            self._forget_parent_connection()
+        with self._lock:
+            if self._connection is None:
+                self._connect()
+
+    def close(self) -> None:
+        """Close the connection. Requests made afterwards raise :class:`StoreClosedError`."""
+        self._closed = True
+        if self._pid != os.getpid():
+            self._forget_parent_connection()
+        with self._lock:
+            self._discard()
+
+    def _connect(self) -> Connection:
+        if self._authkey is None:
+            self._authkey = self._paths.read_key()
+        try:
+            connection = _connect(self._paths.socket, family="AF_UNIX", authkey=self._authkey)
+        except AuthenticationError as exc:
+            raise StorePermissionError(
+                f"the manager of store {self._paths.name!r} refused this authkey"
+            ) from exc
+        except (EOFError, OSError) as exc:
+            raise StoreConnectionError(
+                f"cannot reach the manager of store {self._paths.name!r} at {self._paths.socket!r}"
+            ) from exc
+        self._connection = connection
+        return connection
+
+    def _discard(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            connection.close()
+
+    def _forget_parent_connection(self) -> None:
+        # Runs in a forked child before it first uses an inherited client. Only the
+        # forking thread exists in the child, and the inherited lock may have been held
+        # by another thread at fork time, so both are replaced rather than acquired.
+        # Closing the child's copy of the descriptor leaves the parent's socket open.
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._discard()

@@ -1,0 +1,75 @@
+"""The exceptions shmstore raises.
+
+One base, :class:`StoreError`, and subclasses split by meaning. Each subclass also
+inherits the builtin a caller would already catch for that meaning (``TypeError`` for a
+bad key, ``ConnectionError`` for an unreachable manager), so code written against
+``InMemoryByteStore`` or a socket keeps working. Every class keeps its message in
+``args`` only, so instances pickle by ``(type, args)`` and cross process boundaries intact.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "InvalidBatchError",
+    "InvalidKeyError",
+    "InvalidValueError",
+    "LimitExceededError",
+    "ProtocolError",
+    "StoreClosedError",
+    "StoreConnectionError",
+    "StoreError",
+    "StoreNotFoundError",
+    "StorePermissionError",
+]
+
+
+class StoreError(Exception):
+    """Base class of every error raised by shmstore."""
+
+
+class InvalidBatchError(StoreError, TypeError):
+    """An item of a batch has the wrong shape or type; the message names its position.
+
+    Raised before anything is sent, so nothing of that batch is applied.
+    """
+
+
+class InvalidKeyError(InvalidBatchError):
+    """A key (or a ``yield_keys`` prefix) is not a ``str``."""
+
+
+class InvalidValueError(InvalidBatchError):
+    """A value has a type the store cannot hold."""
+
+
+class LimitExceededError(StoreError, ValueError):
+    """A request is larger than a limit of the store; the message names the limit.
+
+    Raised before anything is sent, so nothing of that batch is applied.
+    """
+
+
+class StoreConnectionError(StoreError, ConnectionError):
+    """The manager cannot be reached: it died, was stopped, or broke the connection.
+
+    The original error, if any, is the ``__cause__``. A request in flight when this is
+    raised may or may not have been applied; a request raised against before it was sent
+    was not.
+    """
+
+
+class StoreClosedError(StoreConnectionError):
+    """This proxy was closed by its own process (``close()`` or leaving its ``with`` block)."""
+
+
+class StoreNotFoundError(StoreConnectionError, FileNotFoundError):
+    """No running store has that name in the runtime directory searched: it never
+    existed, or its manager has stopped and removed its files."""
+
+
+class StorePermissionError(StoreError, PermissionError):
+    """The runtime directory or a store's files are not private to this user."""
+
+
+class ProtocolError(StoreError, ValueError):
+    """A frame did not decode to a well-formed request or reply."""

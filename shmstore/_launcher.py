@@ -1,0 +1,109 @@
+"""Starting and stopping a store's manager process, from the owner's side.
+
+The manager is a fresh interpreter (``python -m shmstore._manager``), not a fork of the
+owner: a fork would inherit the owner's threads' locks and whatever the owner had
+loaded (a model, a GPU context), and ``multiprocessing`` refuses to start children from
+daemonic pool workers. It runs in its own session, so Ctrl-C in a terminal reaches the
+owner only. The authkey goes through its stdin, never its command line, which other
+users can read in ``/proc``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from multiprocessing.connection import wait
+
+import msgpack
+
+from ._errors import StoreError
+from ._runtime import StorePaths
+
+__all__ = ["ManagerProcess"]
+
+# The directory that holds the shmstore package, so the manager imports this very copy
+# even when the owner found it through a runtime sys.path change.
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class ManagerProcess:
+    """The owner's handle on a running manager process.
+
+    Only the process that started the manager may stop it: a forked child inherits
+    this object, and its :meth:`stop` does nothing.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], paths: StorePaths) -> None:
+        self._process = process
+        self._paths = paths
+        self._owner_pid = os.getpid()
+
+    @property
+    def pid(self) -> int:
+        """The manager's process id."""
+        return self._process.pid
+
+    @classmethod
+    def start(
+        cls, paths: StorePaths, authkey: bytes, *, max_frame_bytes: int, start_timeout_s: float
+    ) -> ManagerProcess:
+        """Start a manager serving ``paths`` and wait until it accepts connections.
+
+        :param start_timeout_s: seconds to wait for the manager to report ready.
+        :raises StoreError: it reported an error, exited, or was not ready in time; the
+            process is gone and its files removed when this is raised.
+        """
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (_PACKAGE_PARENT, env.get("PYTHONPATH")) if p
+        )
+        # -P (3.11+): do not put the current directory on the manager's sys.path.
+        safe_path = ["-P"] if sys.version_info >= (3, 11) else []
+        process = subprocess.Popen(
+            [sys.executable, *safe_path, "-m", "shmstore._manager"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            close_fds=True,
+            start_new_session=True,
+        )
+        handle = cls(process, paths)
+        assert process.stdin is not None and process.stdout is not None
+        config = {
+            "directory": paths.directory,
+            "name": paths.name,
+            "authkey": authkey,
+            "owner_pid": os.getpid(),
+            "max_frame_bytes": max_frame_bytes,
+        }
+        try:
+            with process.stdin:
+                process.stdin.write(msgpack.packb(config, use_bin_type=True))
+            with process.stdout:
+                if not wait([process.stdout.fileno()], start_timeout_s):
+                    raise StoreError(f"the manager was not ready within {start_timeout_s} s")
+                line = process.stdout.readline().decode(errors="replace").strip()
+            if line != "ready":
+                raise StoreError(f"the manager failed to start: {line or 'it exited'}")
+        except BaseException:
+            handle.stop()
+            raise
+        return handle
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop the manager (SIGTERM, then SIGKILL after ``timeout_s`` seconds), reap it
+        and remove its files. A no-op outside the owner and after the first call."""
+        if os.getpid() != self._owner_pid or self._process.returncode is not None:
+            return
+        try:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                self._process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        finally:
+            # The manager removes these itself unless it was killed first.
+            self._paths.remove()

@@ -1,0 +1,260 @@
+"""The manager process: it owns a store's :class:`~shmstore._table.Table` and serves
+batched requests from every proxy.
+
+The owner starts it as ``python -m shmstore._manager`` (see :mod:`shmstore._launcher`),
+writes its configuration as one msgpack map to its stdin, and waits for the line
+``ready`` on its stdout. The manager then runs one loop on one thread:
+
+* the listening socket: a new connection is handed to a short-lived thread for the
+  authkey challenge, so a client that never finishes its handshake holds up nobody;
+* every authenticated connection: one request is read, applied to the table whole, and
+  answered before the next connection is looked at. Batches are therefore atomic to
+  every other process without any lock a client could hold;
+* the owner: a pidfd (Linux 5.3+) becomes readable when the owner exits, even by
+  SIGKILL; elsewhere the parent pid is polled once a second. The manager then removes
+  its socket and key and exits, so a dead job leaves no process and no file behind.
+
+SIGINT is ignored (the manager also runs in its own session): Ctrl-C in a terminal is
+meant for the owner, which then closes the store.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import selectors
+import signal
+import socket
+import struct
+import sys
+import threading
+import traceback
+from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
+from typing import Any
+
+import msgpack
+
+from . import _protocol as proto
+from ._errors import ProtocolError, StoreError
+from ._runtime import StorePaths
+from ._table import Table
+
+__all__ = ["Manager", "main"]
+
+#: Seconds a new connection may take to complete the authkey challenge.
+HANDSHAKE_TIMEOUT_S = 5.0
+#: Seconds between checks of the parent pid where pidfds are not available.
+_OWNER_POLL_S = 1.0
+
+
+def _set_socket_timeouts(fd: int, seconds: float) -> None:
+    # Kernel-level timeouts (SO_RCVTIMEO/SO_SNDTIMEO) make the blocking reads inside
+    # multiprocessing's challenge fail with EAGAIN instead of waiting forever.
+    sock = socket.socket(fileno=fd)
+    try:
+        whole = int(seconds)
+        value = struct.pack("ll", whole, int((seconds - whole) * 1e6))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, value)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, value)
+    finally:
+        sock.detach()
+
+
+class Manager:
+    """The server side of one store. Used only inside the manager process.
+
+    :param paths: where the socket is bound; its key file is removed on exit with it.
+    :param authkey: the secret every client must prove it holds.
+    :param owner_pid: the process whose exit stops the manager.
+    :param max_frame_bytes: largest request frame accepted; a client sending a larger
+        one loses its connection.
+    """
+
+    def __init__(
+        self, paths: StorePaths, authkey: bytes, owner_pid: int, max_frame_bytes: int
+    ) -> None:
+        self._paths = paths
+        self._authkey = authkey
+        self._owner_pid = owner_pid
+        self._max_frame_bytes = max_frame_bytes
+        self._table = Table()
+        self._selector = selectors.DefaultSelector()
+        self._listener: socket.socket | None = None
+        self._owner_fd: int | None = None
+        self._wake_r, self._wake_w = os.pipe()
+        self._authenticated: collections.deque[Connection] = collections.deque()
+        self._connections: set[Connection] = set()
+        self._stopping = False
+
+    # -- start-up -------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Bind the socket (mode 0600) and start watching the owner.
+
+        :raises OSError: the socket cannot be bound.
+        :raises StoreError: the owner is already gone.
+        """
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)  # the socket file is created 0600, never wider
+        try:
+            listener.bind(self._paths.socket)
+        finally:
+            os.umask(old_umask)
+        listener.listen(128)
+        listener.setblocking(False)
+        self._listener = listener
+        self._selector.register(listener, selectors.EVENT_READ, self._accept)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, self._adopt)
+        self._watch_owner()
+
+    def _watch_owner(self) -> None:
+        try:
+            self._owner_fd = os.pidfd_open(self._owner_pid)
+        except (AttributeError, OSError):
+            self._owner_fd = None  # no pidfds here: poll the parent pid instead
+        # Checked after opening the pidfd: if the owner is still our parent now, the
+        # pidfd names the owner and not a process that reused its pid.
+        if os.getppid() != self._owner_pid:
+            raise StoreError("the owner exited before the manager started")
+        if self._owner_fd is not None:
+            self._selector.register(self._owner_fd, selectors.EVENT_READ, self._owner_exited)
+
+    # -- the loop -------------------------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Serve until the owner exits, a SHUTDOWN request arrives or SIGTERM; then clean up."""
+        poll_s = None if self._owner_fd is not None else _OWNER_POLL_S
+        try:
+            while not self._stopping:
+                for key, _events in self._selector.select(poll_s):
+                    key.data(key.fileobj)
+                if poll_s is not None and os.getppid() != self._owner_pid:
+                    self._stopping = True
+        finally:
+            self._close()
+
+    def _accept(self, listener: Any) -> None:
+        try:
+            raw, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        raw.setblocking(True)
+        connection = Connection(raw.detach())
+        threading.Thread(target=self._handshake, args=(connection,), daemon=True).start()
+
+    def _handshake(self, connection: Connection) -> None:
+        # Runs on its own thread; hands the connection to the loop only once it is
+        # authenticated, so nothing an unauthenticated peer sends is ever decoded.
+        try:
+            _set_socket_timeouts(connection.fileno(), HANDSHAKE_TIMEOUT_S)
+            deliver_challenge(connection, self._authkey)
+            answer_challenge(connection, self._authkey)
+            _set_socket_timeouts(connection.fileno(), 0)
+        except Exception:
+            connection.close()
+            return
+        self._authenticated.append(connection)
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:  # closed: the manager is shutting down
+            connection.close()
+
+    def _adopt(self, _wake_r: Any) -> None:
+        os.read(self._wake_r, 4096)
+        while self._authenticated:
+            connection = self._authenticated.popleft()
+            self._connections.add(connection)
+            self._selector.register(connection, selectors.EVENT_READ, self._serve)
+
+    def _owner_exited(self, _fd: Any) -> None:
+        self._stopping = True
+
+    def _serve(self, connection: Connection) -> None:
+        try:
+            frame = connection.recv_bytes(self._max_frame_bytes)
+        except (EOFError, OSError):
+            # The client exited or was killed, possibly mid-frame: nothing of a partial
+            # frame has been decoded, so dropping the connection applies none of it.
+            self._drop(connection)
+            return
+        drop = False
+        try:
+            reply = proto.ok_reply(self._apply(*proto.parse_request(frame)))
+        except ProtocolError as exc:
+            reply, drop = proto.error_reply(exc), True
+        except StoreError as exc:
+            reply = proto.error_reply(exc)
+        except Exception as exc:  # a bug in the manager: report it, keep serving others
+            traceback.print_exc(file=sys.stderr)
+            reply = proto.error_reply(StoreError(f"manager error: {exc!r}"))
+        try:
+            connection.send_bytes(reply)
+        except OSError:
+            drop = True
+        if drop:
+            self._drop(connection)
+
+    def _apply(self, op: int, args: list[Any]) -> Any:
+        table = self._table
+        if op == proto.MGET:
+            return table.get_many(args[0])
+        if op == proto.MSET:
+            table.set_many(args[0], args[1])
+        elif op == proto.MDELETE:
+            table.delete_many(args[0])
+        elif op == proto.KEYS:
+            return table.keys(args[0])
+        elif op == proto.PING:
+            return {"pid": os.getpid(), "keys": len(table)}
+        elif op == proto.SHUTDOWN:
+            self._stopping = True
+        return None
+
+    def _drop(self, connection: Connection) -> None:
+        self._selector.unregister(connection)
+        self._connections.discard(connection)
+        connection.close()
+
+    def _close(self) -> None:
+        self._paths.remove()
+        if self._listener is not None:
+            self._listener.close()
+        for connection in list(self._connections):
+            self._drop(connection)
+        os.close(self._wake_w)
+        os.close(self._wake_r)
+        if self._owner_fd is not None:
+            os.close(self._owner_fd)
+        self._selector.close()
+
+
+def _stop_on_sigterm(_signum: int, _frame: Any) -> None:
+    raise SystemExit(0)
+
+
+def main() -> int:
+    """Entry point of the manager process; see the module docstring for the start-up
+    exchange with the owner."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    config = msgpack.unpackb(sys.stdin.buffer.read())
+    paths = StorePaths(config["directory"], config["name"])
+    manager = Manager(paths, config["authkey"], config["owner_pid"], config["max_frame_bytes"])
+    try:
+        manager.open()
+    except Exception as exc:
+        paths.remove()
+        sys.stdout.write(f"error: {exc}\n")
+        return 1
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    # The owner reads one line; from now on the manager writes nowhere but stderr.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    manager.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The wire format between proxies and the manager.
+
+Framing and authentication are ``multiprocessing.connection``'s: a frame is a 4-byte
+big-endian length and the payload (a larger frame: ``-1`` and an 8-byte length), and a
+connection is admitted only after the HMAC challenge on the store's authkey. Each frame
+carries exactly one msgpack document. Pickle never crosses the wire: the worst a peer can
+send is a frame that fails to decode, whereas unpickling untrusted bytes runs code.
+
+A request is an array whose first item is an opcode::
+
+    [MGET, keys]             -> list[bytes | None], one item per key, in order
+    [MSET, keys, values]     -> None; pairs applied in order, the whole batch or nothing
+    [MDELETE, keys]          -> None; missing keys ignored
+    [KEYS, prefix | None]    -> list[str], the keys for which key.startswith(prefix)
+    [PING]                   -> dict: {"pid": int, "keys": int}
+    [SHUTDOWN]               -> None; the manager stops after sending the reply
+
+``keys`` is an array of str, ``values`` an array of bin of the same length. A reply is
+``[OK, result]`` or ``[ERROR, kind, message]``, ``kind`` naming a :mod:`shmstore` exception
+class. Strings are packed with ``surrogatepass``, so every Python ``str``, lone surrogates
+included, is a key that round-trips exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NoReturn
+
+import msgpack
+
+from ._errors import (
+    InvalidKeyError,
+    InvalidValueError,
+    ProtocolError,
+    StoreError,
+)
+
+__all__ = [
+    "KEYS",
+    "MDELETE",
+    "MGET",
+    "MSET",
+    "PING",
+    "SHUTDOWN",
+    "error_reply",
+    "ok_reply",
+    "pack",
+    "parse_reply",
+    "parse_request",
+]
+
+MGET = 1
+MSET = 2
+MDELETE = 3
+KEYS = 4
+PING = 5
+SHUTDOWN = 6
+
+_OK = 0
+_ERROR = 1
+
+# Error kinds a reply may name; anything else arrives as a plain StoreError.
+_ERROR_KINDS: dict[str, type[StoreError]] = {
+    cls.__name__: cls for cls in (StoreError, ProtocolError, InvalidKeyError, InvalidValueError)
+}
+
+# Number of items after the opcode, per request kind.
+_ARITY = {MGET: 1, MSET: 2, MDELETE: 1, KEYS: 1, PING: 0, SHUTDOWN: 0}
+
+
+def pack(obj: Any) -> bytes:
+    """Encode one message. ``bytes`` become msgpack bin, ``str`` msgpack str."""
+    frame: bytes = msgpack.packb(obj, use_bin_type=True, unicode_errors="surrogatepass")
+    return frame
+
+
+def _unpack(frame: bytes) -> Any:
+    # unpackb bounds every container and string by len(frame), so a hostile length
+    # inside a frame cannot make it allocate more than the frame itself.
+    return msgpack.unpackb(frame, raw=False, use_list=True, unicode_errors="surrogatepass")
+
+
+def _fail(message: str) -> NoReturn:
+    raise ProtocolError(message)
+
+
+def _check_keys(keys: Any) -> list[str]:
+    if type(keys) is not list:
+        _fail(f"keys must be an array, got {type(keys).__name__}")
+    for i, key in enumerate(keys):
+        if type(key) is not str:
+            _fail(f"key at position {i} is {type(key).__name__}, expected str")
+    return keys
+
+
+def parse_request(frame: bytes) -> tuple[int, list[Any]]:
+    """Decode and check one request frame.
+
+    :returns: ``(opcode, arguments)``, the arguments of the shapes listed in the module
+        docstring.
+    :raises ProtocolError: the frame is not msgpack, or not a request of a known kind
+        with arguments of the right shapes and types.
+    """
+    try:
+        message = _unpack(frame)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(f"undecodable request frame: {exc}") from exc
+    if type(message) is not list or not message or type(message[0]) is not int:
+        _fail("a request must be a non-empty array starting with an integer opcode")
+    op, args = message[0], message[1:]
+    arity = _ARITY.get(op)
+    if arity is None:
+        _fail(f"unknown opcode {op}")
+    if len(args) != arity:
+        _fail(f"opcode {op} takes {arity} arguments, got {len(args)}")
+    if op in (MGET, MDELETE):
+        _check_keys(args[0])
+    elif op == MSET:
+        keys, values = _check_keys(args[0]), args[1]
+        if type(values) is not list or len(values) != len(keys):
+            _fail("MSET needs an array of values as long as its array of keys")
+        for i, value in enumerate(values):
+            if type(value) is not bytes:
+                _fail(f"value at position {i} is {type(value).__name__}, expected bin")
+    elif op == KEYS and args[0] is not None and type(args[0]) is not str:
+        _fail(f"prefix is {type(args[0]).__name__}, expected str or nil")
+    return op, args
+
+
+def ok_reply(result: Any = None) -> bytes:
+    """Encode a successful reply carrying ``result``."""
+    return pack([_OK, result])
+
+
+def error_reply(exc: StoreError) -> bytes:
+    """Encode an error reply that :func:`parse_reply` turns back into ``exc``'s class."""
+    return pack([_ERROR, type(exc).__name__, str(exc)])
+
+
+def parse_reply(frame: bytes) -> Any:
+    """Decode one reply frame.
+
+    :returns: the result of a successful request.
+    :raises StoreError: the subclass the manager named, for an error reply.
+    :raises ProtocolError: the frame is not a well-formed reply.
+    """
+    try:
+        message = _unpack(frame)
+    except Exception as exc:
+        raise ProtocolError(f"undecodable reply frame: {exc}") from exc
+    if type(message) is list and len(message) == 2 and message[0] == _OK:
+        return message[1]
+    if type(message) is list and len(message) == 3 and message[0] == _ERROR:
+        raise _ERROR_KINDS.get(message[1], StoreError)(message[2])
+    raise ProtocolError("a reply must be [0, result] or [1, kind, message]")

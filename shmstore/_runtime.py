@@ -1,0 +1,167 @@
+"""Where a store lives on the filesystem, and who may reach it.
+
+Every store has two files in a runtime directory private to the user: ``<name>.sock``,
+the manager's unix socket, and ``<name>.key``, the 32-byte authkey a proxy answers the
+manager's challenge with. The directory is mode 0700 and the key 0600, so only the same
+user (or root) can connect; the authkey check stops anyone who reaches the socket some
+other way. The directory is, in order of preference:
+
+1. ``$SHMSTORE_RUNTIME_DIR`` (created if missing);
+2. ``$XDG_RUNTIME_DIR/shmstore`` (a per-user tmpfs on systemd machines);
+3. ``<tempfile.gettempdir()>/shmstore-<uid>``.
+
+An existing directory is used only if it is a real directory (not a symlink) owned by
+this user with no group or other permissions; otherwise another user could have planted
+it in a shared ``/tmp``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import secrets
+import socket
+import stat
+import tempfile
+from dataclasses import dataclass
+
+from ._errors import StoreError, StoreNotFoundError, StorePermissionError
+
+__all__ = ["StorePaths", "claim", "default_runtime_dir", "new_name", "private_dir"]
+
+AUTHKEY_BYTES = 32
+# sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
+_MAX_SOCKET_PATH = 107
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def default_runtime_dir() -> str:
+    """The runtime directory chosen by the environment, per the module docstring."""
+    explicit = os.environ.get("SHMSTORE_RUNTIME_DIR")
+    if explicit:
+        return os.path.abspath(explicit)
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    if xdg and os.path.isdir(xdg):
+        return os.path.join(xdg, "shmstore")
+    return os.path.join(tempfile.gettempdir(), f"shmstore-{os.getuid()}")
+
+
+def private_dir(path: str) -> str:
+    """Create ``path`` (mode 0700) or check that the existing one is private to this user.
+
+    :raises StorePermissionError: it exists but is a symlink, not a directory, owned by
+        another user, or open to group or others.
+    """
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode):
+        raise StorePermissionError(f"runtime directory {path!r} is not a directory")
+    if info.st_uid != os.getuid():
+        raise StorePermissionError(f"runtime directory {path!r} belongs to uid {info.st_uid}")
+    if info.st_mode & 0o077:
+        raise StorePermissionError(
+            f"runtime directory {path!r} has mode {stat.S_IMODE(info.st_mode):o}; "
+            "it must not be open to group or others"
+        )
+    return path
+
+
+def new_name() -> str:
+    """A fresh random store name: 16 hex digits."""
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True)
+class StorePaths:
+    """The files of the store ``name`` in ``directory``."""
+
+    directory: str
+    name: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+            raise ValueError(
+                f"store name {self.name!r} must be 1-64 letters, digits, '_', '.' or '-', "
+                "starting with a letter or digit"
+            )
+        if len(os.fsencode(self.socket)) > _MAX_SOCKET_PATH:
+            raise StoreError(
+                f"socket path {self.socket!r} exceeds the {_MAX_SOCKET_PATH}-byte limit of "
+                "unix sockets; set SHMSTORE_RUNTIME_DIR to a shorter directory"
+            )
+
+    @property
+    def socket(self) -> str:
+        return os.path.join(self.directory, f"{self.name}.sock")
+
+    @property
+    def key(self) -> str:
+        return os.path.join(self.directory, f"{self.name}.key")
+
+    def read_key(self) -> bytes:
+        """The store's authkey.
+
+        :raises StoreNotFoundError: no store of this name has a key here.
+        """
+        try:
+            fd = os.open(self.key, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise StoreNotFoundError(
+                f"no store named {self.name!r} in {self.directory!r}"
+            ) from None
+        with os.fdopen(fd, "rb") as f:
+            key = f.read(AUTHKEY_BYTES + 1)
+        if len(key) != AUTHKEY_BYTES:
+            raise StoreError(f"key file {self.key!r} is not a {AUTHKEY_BYTES}-byte authkey")
+        return key
+
+    def remove(self) -> None:
+        """Unlink the socket and the key; missing files are ignored."""
+        for path in (self.socket, self.key):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
+
+def _is_stale(paths: StorePaths) -> bool:
+    # A manager killed before it could clean up leaves its socket file behind, and
+    # connecting to it is refused. A missing socket may be a manager still starting.
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(paths.socket)
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return False
+
+
+def claim(paths: StorePaths) -> bytes:
+    """Reserve ``paths.name`` by creating its key file (mode 0600) with a fresh authkey.
+
+    A leftover of a store whose manager died without cleaning up is removed first.
+
+    :returns: the authkey written.
+    :raises StoreError: a live store already has that name.
+    """
+    private_dir(paths.directory)
+    key = secrets.token_bytes(AUTHKEY_BYTES)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    for _attempt in range(2):
+        try:
+            fd = os.open(paths.key, flags, 0o600)
+        except FileExistsError:
+            if _is_stale(paths):
+                paths.remove()
+                continue
+            break
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        return key
+    raise StoreError(f"a store named {paths.name!r} already exists in {paths.directory!r}") from (
+        OSError(errno.EEXIST, os.strerror(errno.EEXIST), paths.key)
+    )

@@ -1,0 +1,377 @@
+"""The proxies: :class:`SharedByteStore` and :class:`SharedStore`.
+
+A proxy is what every process holds. Constructing one starts a manager and makes this
+process its owner; :meth:`~_SharedStoreBase.attach` and unpickling give proxies to the same
+store in other processes. Every public method checks its whole batch first, then makes
+exactly one request, so a bad item never leaves half a batch applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import reprlib
+import weakref
+from collections.abc import AsyncIterator, Iterable, Iterator
+from typing import Any, TypeVar
+
+import msgpack
+
+from . import _protocol as proto
+from ._client import Client
+from ._errors import (
+    InvalidBatchError,
+    InvalidKeyError,
+    InvalidValueError,
+    LimitExceededError,
+    StoreClosedError,
+)
+from ._launcher import ManagerProcess
+from ._runtime import StorePaths, claim, default_runtime_dir, new_name
+
+try:
+    from langchain_core.stores import BaseStore
+except ImportError:  # shmstore works without LangChain; isinstance checks need it
+    from ._basestore import BaseStore  # type: ignore[assignment]
+
+__all__ = ["MAX_FRAME_BYTES", "SharedByteStore", "SharedStore"]
+
+V = TypeVar("V")
+_Self = TypeVar("_Self", bound="_SharedStoreBase[Any]")
+
+#: Largest request, in bytes of its encoded frame, that a manager accepts. A larger
+#: batch raises :class:`LimitExceededError` before anything is sent.
+MAX_FRAME_BYTES = 1 << 30
+
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 60
+
+
+def _check_key(key: Any, position: int) -> str:
+    if not isinstance(key, str):
+        raise InvalidKeyError(
+            f"key at position {position} is {type(key).__name__}, expected str: {_short.repr(key)}"
+        )
+    return key
+
+
+def _key_list(keys: Iterable[Any]) -> list[str]:
+    return [_check_key(key, i) for i, key in enumerate(keys)]
+
+
+class _SharedStoreBase(BaseStore[str, V]):
+    """What the two store classes share; they differ only in how values are encoded."""
+
+    # -- construction ---------------------------------------------------------------
+
+    def __init__(
+        self,
+        *,
+        name: str | None = None,
+        runtime_dir: str | None = None,
+        start_timeout_s: float = 10.0,
+    ) -> None:
+        paths = StorePaths(runtime_dir or default_runtime_dir(), name or new_name())
+        authkey = claim(paths)
+        try:
+            manager = ManagerProcess.start(
+                paths, authkey, max_frame_bytes=MAX_FRAME_BYTES, start_timeout_s=start_timeout_s
+            )
+        except BaseException:
+            paths.remove()
+            raise
+        self._init_proxy(paths, authkey, manager)
+
+    def _init_proxy(
+        self, paths: StorePaths, authkey: bytes | None, manager: ManagerProcess | None
+    ) -> None:
+        self._paths = paths
+        self._client = Client(paths, authkey)
+        self._manager = manager
+        # Stops the manager if the owner drops the store without closing it, or exits.
+        self._stop_manager = weakref.finalize(self, manager.stop) if manager else None
+
+    @classmethod
+    def attach(cls: type[_Self], name: str, *, runtime_dir: str | None = None) -> _Self:
+        """Connect to the running store ``name`` from any process of the same user.
+
+        Attach with the class the owner used: both hold bytes in the manager, but
+        :class:`SharedStore` keeps each value msgpack-encoded.
+
+        :param name: the owner's ``store.name``.
+        :param runtime_dir: the directory the owner used (default: chosen by the
+            environment as for the owner; see :mod:`shmstore._runtime`).
+        :raises StoreNotFoundError: no running store has that name there.
+        :raises StoreConnectionError: its manager does not answer.
+        :raises StorePermissionError: the runtime directory is not private to this user,
+            or the manager refused this process's authkey.
+        """
+        proxy = cls.__new__(cls)
+        proxy._init_proxy(StorePaths(runtime_dir or default_runtime_dir(), name), None, None)
+        proxy._client.connect()
+        return proxy
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A proxy pickles to its address only, never to its authkey: the process that
+        # unpickles it reads the key from the owner-only key file, so a pickle leaked to
+        # another user grants nothing. The new proxy connects on its first request.
+        return (_rebuild, (type(self), self._paths.directory, self._paths.name))
+
+    @property
+    def name(self) -> str:
+        """The store's name, for :meth:`attach` from another process."""
+        return self._paths.name
+
+    @property
+    def runtime_dir(self) -> str:
+        """The directory holding the store's socket and key."""
+        return self._paths.directory
+
+    @property
+    def manager_pid(self) -> int | None:
+        """The manager's process id in the owner; ``None`` in every other process."""
+        return self._manager.pid if self._manager is not None else None
+
+    def close(self) -> None:
+        """Close this proxy. In the owner process this also stops the manager, after
+        which every proxy of the store, in every process, raises
+        :class:`StoreConnectionError`; elsewhere it only disconnects. Idempotent."""
+        self._client.close()
+        if self._stop_manager is not None:
+            self._stop_manager()
+
+    def __enter__(self: _Self) -> _Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        role = "owner" if self.manager_pid is not None else "proxy"
+        state = ", closed" if self._client.closed else ""
+        return f"{type(self).__name__}(name={self.name!r}, {role}{state})"
+
+    # -- value encoding: overridden by the subclasses ---------------------------------
+
+    def _encode_value(self, value: Any, position: int) -> bytes:
+        raise NotImplementedError
+
+    def _decode_values(self, values: list[bytes | None]) -> list[V | None]:
+        raise NotImplementedError
+
+    # -- requests -------------------------------------------------------------------
+
+    def _frame(self, *message: Any) -> bytes:
+        frame = proto.pack(list(message))
+        if len(frame) > MAX_FRAME_BYTES:
+            raise LimitExceededError(
+                f"the batch encodes to {len(frame)} bytes, over max_frame_bytes="
+                f"{MAX_FRAME_BYTES}; split it into smaller batches"
+            )
+        return frame
+
+    def _check_open(self) -> None:
+        if self._client.closed:
+            raise StoreClosedError(f"store {self.name!r} is closed")
+
+    def _mget_frame(self, keys: Iterable[str]) -> bytes | None:
+        key_list = _key_list(keys)
+        self._check_open()
+        return self._frame(proto.MGET, key_list) if key_list else None
+
+    def _mset_frame(self, key_value_pairs: Iterable[tuple[str, V]]) -> bytes | None:
+        keys: list[str] = []
+        values: list[bytes] = []
+        for i, pair in enumerate(key_value_pairs):
+            try:
+                key, value = pair
+            except (TypeError, ValueError):
+                raise InvalidBatchError(
+                    f"item at position {i} is not a (key, value) pair: {_short.repr(pair)}"
+                ) from None
+            keys.append(_check_key(key, i))
+            values.append(self._encode_value(value, i))
+        self._check_open()
+        return self._frame(proto.MSET, keys, values) if keys else None
+
+    def _mdelete_frame(self, keys: Iterable[str]) -> bytes | None:
+        key_list = _key_list(keys)
+        self._check_open()
+        return self._frame(proto.MDELETE, key_list) if key_list else None
+
+    def _keys_frame(self, prefix: str | None) -> bytes:
+        if prefix is not None and not isinstance(prefix, str):
+            raise InvalidKeyError(f"prefix is {type(prefix).__name__}, expected str or None")
+        self._check_open()
+        return self._frame(proto.KEYS, prefix)
+
+    async def _arequest(self, frame: bytes) -> Any:
+        # One hop to the default executor per call, never per key. The request runs to
+        # completion on its thread even if the awaiting task is cancelled, so the
+        # connection never falls out of step.
+        return await asyncio.get_running_loop().run_in_executor(None, self._client.request, frame)
+
+    # -- the BaseStore interface ------------------------------------------------------
+
+    def mget(self, keys: Iterable[str]) -> list[V | None]:
+        """Get the values of ``keys``: one item per key, in order, duplicates kept,
+        ``None`` for a key that is not in the store.
+
+        :param keys: a sequence of ``str``; an empty one returns ``[]`` without a request.
+        :raises InvalidKeyError: a key is not a ``str`` (nothing is sent).
+        :raises StoreConnectionError: the manager cannot be reached.
+        """
+        frame = self._mget_frame(keys)
+        return self._decode_values(self._client.request(frame)) if frame else []
+
+    def mset(self, key_value_pairs: Iterable[tuple[str, V]]) -> None:
+        """Set the pairs, in order, so the last value of a repeated key wins.
+
+        The batch is atomic: a concurrent ``mget`` in any process sees all of its pairs
+        or none, and a failed call applied none of them, except that a
+        :class:`StoreConnectionError` raised after the request was sent leaves it
+        unknown whether the whole batch was applied.
+
+        :raises InvalidBatchError: an item is not a pair, its key not a ``str``, or its
+            value not storable (:class:`InvalidKeyError`, :class:`InvalidValueError`).
+        :raises LimitExceededError: the batch encodes to over ``MAX_FRAME_BYTES``.
+        :raises StoreConnectionError: the manager cannot be reached.
+        """
+        frame = self._mset_frame(key_value_pairs)
+        if frame:
+            self._client.request(frame)
+
+    def mdelete(self, keys: Iterable[str]) -> None:
+        """Delete ``keys``; keys that are not in the store are ignored. Atomic like ``mset``.
+
+        :raises InvalidKeyError: a key is not a ``str`` (nothing is sent).
+        :raises StoreConnectionError: the manager cannot be reached.
+        """
+        frame = self._mdelete_frame(keys)
+        if frame:
+            self._client.request(frame)
+
+    def yield_keys(self, *, prefix: str | None = None) -> Iterator[str]:
+        """Yield the keys ``k`` with ``k.startswith(prefix)`` (every key if ``prefix`` is
+        ``None`` or ``""``), as of one moment: the keys are fetched in one request when
+        iteration starts.
+
+        :raises InvalidKeyError: ``prefix`` is not a ``str`` or ``None``.
+        :raises StoreConnectionError: the manager cannot be reached.
+        """
+        yield from self._client.request(self._keys_frame(prefix))
+
+    async def amget(self, keys: Iterable[str]) -> list[V | None]:
+        """Async :meth:`mget`: one executor hop per call."""
+        frame = self._mget_frame(keys)
+        return self._decode_values(await self._arequest(frame)) if frame else []
+
+    async def amset(self, key_value_pairs: Iterable[tuple[str, V]]) -> None:
+        """Async :meth:`mset`: one executor hop per call."""
+        frame = self._mset_frame(key_value_pairs)
+        if frame:
+            await self._arequest(frame)
+
+    async def amdelete(self, keys: Iterable[str]) -> None:
+        """Async :meth:`mdelete`: one executor hop per call."""
+        frame = self._mdelete_frame(keys)
+        if frame:
+            await self._arequest(frame)
+
+    async def ayield_keys(self, *, prefix: str | None = None) -> AsyncIterator[str]:
+        """Async :meth:`yield_keys`: one executor hop when iteration starts, none per key."""
+        for key in await self._arequest(self._keys_frame(prefix)):
+            yield key
+
+
+class SharedByteStore(_SharedStoreBase[bytes]):
+    """A ``str -> bytes`` store shared by every process of a job; the shared twin of
+    LangChain's ``InMemoryByteStore``, with the same semantics.
+
+    Constructing one starts its manager process and makes this process the owner::
+
+        with SharedByteStore() as store:
+            store.mset([("k1", b"v1")])
+            pool.map(work, [store] * 100)   # the proxy pickles to a handle
+
+    The manager stops when the owner closes the store, drops it, or exits (even by
+    SIGKILL). Other processes get proxies by unpickling this one (pool arguments,
+    ``initializer=``, fork, spawn, forkserver, joblib) or by :meth:`attach`.
+
+    Values may be ``bytes``, ``bytearray`` or ``memoryview``; ``mget`` returns ``bytes``.
+
+    :param name: the store's name, 1-64 of ``[A-Za-z0-9_.-]`` (default: 16 random hex
+        digits). A store of that name must not be running.
+    :param runtime_dir: the private directory for the socket and key (default:
+        ``$SHMSTORE_RUNTIME_DIR``, ``$XDG_RUNTIME_DIR/shmstore`` or
+        ``<tmp>/shmstore-<uid>``).
+    :param start_timeout_s: seconds to wait for the manager to start (default 10).
+    :raises StoreError: the manager could not be started; nothing is left running.
+    :raises StorePermissionError: the runtime directory is not private to this user.
+    :raises ValueError: ``name`` is not a valid store name.
+    """
+
+    def _encode_value(self, value: Any, position: int) -> bytes:
+        if type(value) is bytes:
+            return value
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return bytes(value)
+        raise InvalidValueError(
+            f"value at position {position} is {type(value).__name__}, expected bytes: "
+            f"{_short.repr(value)}"
+        )
+
+    def _decode_values(self, values: list[bytes | None]) -> list[bytes | None]:
+        return values
+
+
+class SharedStore(_SharedStoreBase[Any]):
+    """A ``str -> value`` store shared by every process of a job; the shared twin of
+    LangChain's ``InMemoryStore``.
+
+    Values are anything msgpack represents exactly: ``None``, ``bool``, ``int`` (64-bit),
+    ``float``, ``str``, ``bytes``, and ``list`` and ``dict`` of those (dict keys of those
+    scalar types). They are stored encoded, so ``mget`` returns equal copies, never the
+    objects given to ``mset``. Types that would come back as something else are refused
+    rather than converted: a ``tuple`` (it would return as a ``list``), a ``bytearray``,
+    subclasses such as ``OrderedDict`` or ``numpy.float64``.
+
+    Construction, ownership and pickling are as for :class:`SharedByteStore`.
+    """
+
+    def _encode_value(self, value: Any, position: int) -> bytes:
+        try:
+            encoded: bytes = msgpack.packb(
+                value, use_bin_type=True, strict_types=True, unicode_errors="surrogatepass"
+            )
+            return encoded
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidValueError(
+                f"value at position {position} ({type(value).__name__}) cannot be stored: {exc}"
+            ) from None
+
+    def _decode_values(self, values: list[bytes | None]) -> list[Any]:
+        return [
+            None
+            if raw is None
+            else msgpack.unpackb(
+                raw, raw=False, strict_map_key=False, unicode_errors="surrogatepass"
+            )
+            for raw in values
+        ]
+
+
+# Proxies rebuilt from pickles in this process, by class and address, so a worker that
+# receives the store with every task reuses one connection instead of opening one per task.
+_rebuilt: weakref.WeakValueDictionary[tuple[Any, ...], _SharedStoreBase[Any]] = (
+    weakref.WeakValueDictionary()
+)
+
+
+def _rebuild(cls: type[_SharedStoreBase[Any]], directory: str, name: str) -> Any:
+    key = (cls, directory, name)
+    proxy = _rebuilt.get(key)
+    if proxy is None or proxy._client.closed:
+        proxy = cls.__new__(cls)
+        proxy._init_proxy(StorePaths(directory, name), None, None)
+        _rebuilt[key] = proxy
+    return proxy
