@@ -1,0 +1,193 @@
+"""Functions run in other processes by the tests: importable by name, so they reach
+spawn, forkserver and loky workers."""
+
+from __future__ import annotations
+
+import os
+import random
+import select
+import signal
+
+VALUE_BYTES = 1536
+
+# A proxy handed to this process at start-up, for pool initializers.
+STORE = None
+
+
+def value_for(key: str, version: int = 0) -> bytes:
+    """A deterministic value for ``key`` at ``version``, of VALUE_BYTES bytes."""
+    seed = f"{key}|{version}|".encode()
+    return (seed * (VALUE_BYTES // len(seed) + 1))[:VALUE_BYTES]
+
+
+def write_and_read(store, worker: int, count: int = 20) -> list[bytes | None]:
+    """Write ``count`` keys of its own, read them and one key the owner wrote."""
+    keys = [f"w{worker}:{i}" for i in range(count)]
+    store.mset([(k, value_for(k)) for k in keys])
+    return store.mget([*keys, "from-owner"])
+
+
+def init_worker(store) -> None:
+    global STORE
+    STORE = store
+
+
+def task_with_initializer_store(worker: int) -> list[bytes | None]:
+    return write_and_read(STORE, worker)
+
+
+def pid_and_key_count(store) -> tuple[int, int]:
+    return os.getpid(), len(list(store.yield_keys()))
+
+
+def hammer(store, tag: str, rounds: int) -> int:
+    """Read back this caller's own keys ``rounds`` times; count the wrong answers.
+
+    Run concurrently in two processes on one inherited proxy, a shared connection would
+    hand each process some of the other's replies.
+    """
+    keys = [f"{tag}:{i}" for i in range(8)]
+    store.mset([(k, k.encode()) for k in keys])
+    wrong = 0
+    for r in range(rounds):
+        batch = keys[r % 8 :] + keys[: r % 8]
+        if store.mget(batch) != [k.encode() for k in batch]:
+            wrong += 1
+    return wrong
+
+
+def hammer_in_child(store, tag: str, rounds: int, results) -> None:
+    results.put(hammer(store, tag, rounds))
+
+
+def write_versions(store, keys: list[str], versions: int, ready, done) -> None:
+    """Overwrite all ``keys`` with one batch per version, each batch one version."""
+    ready.wait()
+    for v in range(versions):
+        store.mset([(k, value_for(k, v)) for k in keys])
+    done.set()
+
+
+def read_batches(store, keys: list[str], ready, done, results) -> None:
+    """Read all ``keys`` in one batch until ``done``; report (reads, mixed reads, versions)."""
+    versions_seen = set()
+    reads = mixed = 0
+    ready.set()
+    while not done.is_set():
+        values = store.mget(keys)
+        if values[0] is None:
+            continue
+        version = {v.split(b"|")[1] for v in values if v is not None}
+        if len(version) != 1 or None in values:
+            mixed += 1
+        versions_seen |= version
+        reads += 1
+    results.put((reads, mixed, len(versions_seen)))
+
+
+def own_a_store(cls_name: str, info, stop) -> None:
+    """Create a store, report (name, manager pid), and hold it until ``stop`` is set."""
+    import shmstore
+
+    store = getattr(shmstore, cls_name)()
+    store.mset([("owned", b"yes")] if cls_name == "SharedByteStore" else [("owned", "yes")])
+    info.put((store.name, store.manager_pid))
+    stop.wait()
+    store.close()
+
+
+def wait_for_exit(pid: int, timeout_s: float) -> bool:
+    """Wait for any process (not only a child) to exit; True if it did in time."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return True
+    try:
+        readable, _, _ = select.select([fd], [], [], timeout_s)
+        return bool(readable)
+    finally:
+        os.close(fd)
+
+
+def kill(pid: int) -> None:
+    os.kill(pid, signal.SIGKILL)
+
+
+# -- model-based sequences -------------------------------------------------------------
+
+AWKWARD_KEYS = ["", ":", "a:b", "*", "f*", "[", "[a]", "a b", " ", "ключ", "键", "\ud800",
+                "fo", "foo", "foobar", "x" * 10_000, "\x00", "é", "e\u0301"]
+
+
+def random_key(rng: random.Random) -> str:
+    if rng.random() < 0.6:
+        return rng.choice(AWKWARD_KEYS)
+    return "".join(rng.choice("fo:*[ é") for _ in range(rng.randint(0, 4)))
+
+
+def random_value(rng: random.Random, byte_values: bool):
+    if byte_values:
+        return rng.randbytes(rng.randint(0, 40))
+    return rng.choice(
+        [None, True, 0, -(2**63), 2**64 - 1, 1.5, "", "text", b"bin", [1, "a", None],
+         {"k": [1, {"n": b"x"}]}, {1: "int key"}, rng.random()]
+    )
+
+
+def run_model_sequence(store, reference, seed: int, steps: int, byte_values: bool) -> list[str]:
+    """Apply one random sequence of operations to ``store`` and ``reference``; return a
+    description of every step where their results differ (empty: identical)."""
+    rng = random.Random(seed)
+    store.mdelete(list(store.yield_keys()))
+    reference.mdelete(list(reference.yield_keys()))
+    differences = []
+    for step in range(steps):
+        op = rng.choice(["mget", "mset", "mdelete", "yield_keys", "yield_keys_prefix"])
+        keys = [random_key(rng) for _ in range(rng.randint(0, 6))]
+        if op == "mget":
+            args = (keys,)
+        elif op == "mset":
+            args = ([(k, random_value(rng, byte_values)) for k in keys],)
+        elif op == "mdelete":
+            args = (keys,)
+        else:
+            args = ()
+        if op.startswith("yield_keys"):
+            prefix = random_key(rng) if op == "yield_keys_prefix" else None
+            got = list(store.yield_keys(prefix=prefix))
+            want = list(reference.yield_keys(prefix=prefix))
+        else:
+            got = getattr(store, op)(*args)
+            want = getattr(reference, op)(*args)
+        if got != want:
+            differences.append(f"step {step}: {op}{args!r:.200} gave {got!r:.200}, "
+                               f"reference {want!r:.200}")
+    return differences
+
+
+def run_model_sequence_here(store, seed: int, steps: int, byte_values: bool) -> list[str]:
+    """run_model_sequence against the reference built in this process."""
+    from langchain_core.stores import InMemoryByteStore, InMemoryStore
+
+    reference = InMemoryByteStore() if byte_values else InMemoryStore()
+    return run_model_sequence(store, reference, seed, steps, byte_values)
+
+
+# -- the standard suites in a spawned child --------------------------------------------
+
+# Proxies handed to a child that runs the conformance suites against them.
+INHERITED_STORES: dict[str, object] = {}
+
+
+def run_conformance_suites(stores: dict, module_path: str) -> int:
+    """Run the conformance module's standard suites in this process against ``stores``
+    (class name -> proxy received by pickling); return pytest's exit code."""
+    import pytest
+
+    INHERITED_STORES.update(stores)
+    for store in stores.values():
+        # Connect now: the proxies' one connection each lives for the whole run and
+        # must not count as a descriptor leaked by the first test that uses it.
+        list(store.yield_keys())
+    return int(pytest.main([module_path, "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                            "-k", "Standard", "-W", "error"]))

@@ -1,0 +1,102 @@
+"""Fixtures shared by every test, and the leak check every test passes through.
+
+Each test process (each pytest-xdist worker) gets its own runtime directory through
+``SHMSTORE_RUNTIME_DIR``, inherited by every process it starts, so parallel workers
+never see each other's stores and the leak check can attribute what it finds.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import multiprocessing.forkserver
+import multiprocessing.resource_tracker
+import os
+import shutil
+import tempfile
+
+import pytest
+
+_RUNTIME_DIR = tempfile.mkdtemp(prefix="shmstore-test-")
+os.environ["SHMSTORE_RUNTIME_DIR"] = _RUNTIME_DIR
+
+
+def _children() -> set[tuple[int, str]]:
+    """(pid, command line) of every child of this process, zombies included."""
+    me = os.getpid()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue  # exited while we looked
+        # The field after the parenthesised command name: state, then ppid.
+        ppid = int(stat[stat.rindex(b")") + 2 :].split()[1])
+        if ppid == me:
+            found.add((int(entry), cmdline))
+    return found
+
+
+def _snapshot() -> dict[str, set[object]]:
+    return {
+        "child processes": set(_children()),
+        "file descriptors": set(os.listdir("/proc/self/fd")),
+        "runtime-dir entries": set(os.listdir(_RUNTIME_DIR)),
+        "/dev/shm entries": {e for e in os.listdir("/dev/shm") if e.startswith("shmstore")},
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _long_lived_helpers():
+    # multiprocessing starts the resource tracker and the forkserver once per process
+    # and keeps them (and their descriptors) for good; start them before the first
+    # snapshot so they are part of every baseline rather than reported as leaks.
+    multiprocessing.resource_tracker.ensure_running()
+    multiprocessing.forkserver.ensure_running()
+    yield
+    shutil.rmtree(_RUNTIME_DIR, ignore_errors=True)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.when == "call":
+        item.call_failed = report.failed
+    return report
+
+
+@pytest.fixture(autouse=True)
+def no_leaks(request, _long_lived_helpers):
+    """Fail any test that leaves a process, a descriptor, a store file or a segment.
+
+    A test that already failed is not checked: its traceback keeps its objects, and
+    their descriptors, alive, and the first failure is the one worth reading.
+    """
+    before = _snapshot()
+    yield
+    if getattr(request.node, "call_failed", False):
+        return
+    after = _snapshot()
+    leaks = {what: after[what] - before[what] for what in after if after[what] - before[what]}
+    if leaks:
+        pytest.fail(f"test leaked: {leaks}")
+
+
+@pytest.fixture(params=["SharedByteStore", "SharedStore"])
+def store_cls(request):
+    import shmstore
+
+    return getattr(shmstore, request.param)
+
+
+@pytest.fixture
+def byte_store():
+    """An empty SharedByteStore owned by the test process."""
+    from shmstore import SharedByteStore
+
+    with SharedByteStore() as store:
+        yield store

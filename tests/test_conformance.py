@@ -1,0 +1,95 @@
+"""LangChain's standard BaseStore suites against both store classes, with the proxy in
+the owner and with the proxy in a spawned child that received it by pickling."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+import pytest
+from langchain_core.stores import BaseStore
+from langchain_tests.integration_tests import BaseStoreAsyncTests, BaseStoreSyncTests
+
+import shmstore
+from tests import _workers
+
+
+def _empty_store(cls_name: str):
+    """A fresh owned store in the test process, or, inside the spawned child, the
+    inherited proxy emptied."""
+    inherited = _workers.INHERITED_STORES.get(cls_name)
+    if inherited is None:
+        return getattr(shmstore, cls_name)()
+    inherited.mdelete(list(inherited.yield_keys()))
+    return inherited
+
+
+@pytest.fixture
+def _byte_store():
+    store = _empty_store("SharedByteStore")
+    yield store
+    if store.manager_pid is not None:
+        store.close()
+
+
+@pytest.fixture
+def _value_store():
+    store = _empty_store("SharedStore")
+    yield store
+    if store.manager_pid is not None:
+        store.close()
+
+
+class TestStandardSyncByteStore(BaseStoreSyncTests[bytes]):
+    @pytest.fixture
+    def kv_store(self, _byte_store) -> BaseStore[str, bytes]:
+        return _byte_store
+
+    @pytest.fixture
+    def three_values(self) -> tuple[bytes, bytes, bytes]:
+        return b"foo", b"bar", b"buzz"
+
+
+class TestStandardAsyncByteStore(BaseStoreAsyncTests[bytes]):
+    @pytest.fixture
+    async def kv_store(self, _byte_store) -> BaseStore[str, bytes]:
+        return _byte_store
+
+    @pytest.fixture
+    def three_values(self) -> tuple[bytes, bytes, bytes]:
+        return b"foo", b"bar", b"buzz"
+
+
+class TestStandardSyncStore(BaseStoreSyncTests[object]):
+    @pytest.fixture
+    def kv_store(self, _value_store) -> BaseStore[str, object]:
+        return _value_store
+
+    @pytest.fixture
+    def three_values(self) -> tuple[object, object, object]:
+        return {"foo": [1, 2.5]}, "bar", [None, b"buzz", {"n": True}]
+
+
+class TestStandardAsyncStore(BaseStoreAsyncTests[object]):
+    @pytest.fixture
+    async def kv_store(self, _value_store) -> BaseStore[str, object]:
+        return _value_store
+
+    @pytest.fixture
+    def three_values(self) -> tuple[object, object, object]:
+        return {"foo": [1, 2.5]}, "bar", [None, b"buzz", {"n": True}]
+
+
+def test_standard_suites_pass_in_a_spawned_child():
+    if _workers.INHERITED_STORES:
+        pytest.skip("already inside the spawned child")
+    ctx = multiprocessing.get_context("spawn")
+    with shmstore.SharedByteStore() as byte_store, shmstore.SharedStore() as value_store:
+        stores = {"SharedByteStore": byte_store, "SharedStore": value_store}
+        with ctx.Pool(1) as pool:
+            exit_code = pool.apply(_workers.run_conformance_suites, (stores, __file__))
+    assert exit_code == 0
+
+
+def test_proxies_are_langchain_base_stores(store_cls):
+    with store_cls() as store:
+        assert isinstance(store, BaseStore)
