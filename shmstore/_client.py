@@ -36,8 +36,9 @@ class Client:
     """Requests and replies over one authenticated connection to the manager at ``paths``."""
 
     def __init__(self, paths: StorePaths, authkey: bytes | None) -> None:
-        """:param authkey: the store's key; ``None`` reads it from the key file when
-        first connecting (proxies rebuilt from pickles carry no key)."""
+        """:param authkey: the store's key; ``None`` reads it from the key file at each
+        connect (proxies rebuilt from pickles carry no key, and a store may be started
+        again under the same name with a new one)."""
         self._paths = paths
         self._authkey = authkey
         self._pid = os.getpid()
@@ -94,10 +95,9 @@ class Client:
             self._discard()
 
     def _connect(self) -> Connection:
-        if self._authkey is None:
-            self._authkey = self._paths.read_key()
+        authkey = self._authkey if self._authkey is not None else self._paths.read_key()
         try:
-            connection = _connect(self._paths.socket, family="AF_UNIX", authkey=self._authkey)
+            connection = _connect(self._paths.socket, family="AF_UNIX", authkey=authkey)
         except AuthenticationError as exc:
             raise StorePermissionError(
                 f"the manager of store {self._paths.name!r} refused this authkey"

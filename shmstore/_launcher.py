@@ -35,9 +35,10 @@ class ManagerProcess:
     this object, and its :meth:`stop` does nothing.
     """
 
-    def __init__(self, process: subprocess.Popen[bytes], paths: StorePaths) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], paths: StorePaths, authkey: bytes) -> None:
         self._process = process
         self._paths = paths
+        self._authkey = authkey
         self._owner_pid = os.getpid()
 
     @property
@@ -69,7 +70,7 @@ class ManagerProcess:
             close_fds=True,
             start_new_session=True,
         )
-        handle = cls(process, paths)
+        handle = cls(process, paths, authkey)
         assert process.stdin is not None and process.stdout is not None
         config = {
             "directory": paths.directory,
@@ -106,4 +107,4 @@ class ManagerProcess:
                 self._process.wait()
         finally:
             # The manager removes these itself unless it was killed first.
-            self._paths.remove()
+            self._paths.remove(self._authkey)

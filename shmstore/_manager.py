@@ -81,7 +81,10 @@ class Manager:
         self._selector = selectors.DefaultSelector()
         self._listener: socket.socket | None = None
         self._owner_fd: int | None = None
+        # Written to by handshake threads (a connection is ready) and by the C-level
+        # signal handler (signal.set_wakeup_fd), so the loop wakes for either.
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
         self._authenticated: collections.deque[Connection] = collections.deque()
         self._connections: set[Connection] = set()
         self._stopping = False
@@ -105,6 +108,8 @@ class Manager:
         self._listener = listener
         self._selector.register(listener, selectors.EVENT_READ, self._accept)
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._adopt)
+        signal.set_wakeup_fd(self._wake_w)
+        signal.signal(signal.SIGTERM, self.stop_soon)
         self._watch_owner()
 
     def _watch_owner(self) -> None:
@@ -122,7 +127,7 @@ class Manager:
     # -- the loop -------------------------------------------------------------------
 
     def serve_forever(self) -> None:
-        """Serve until the owner exits, a SHUTDOWN request arrives or SIGTERM; then clean up."""
+        """Serve until the owner exits or SIGTERM arrives; then clean up."""
         poll_s = None if self._owner_fd is not None else _OWNER_POLL_S
         try:
             while not self._stopping:
@@ -156,17 +161,23 @@ class Manager:
         self._authenticated.append(connection)
         try:
             os.write(self._wake_w, b"\0")
+        except BlockingIOError:
+            pass  # the pipe is full of wake-ups already
         except OSError:  # closed: the manager is shutting down
             connection.close()
 
     def _adopt(self, _wake_r: Any) -> None:
-        os.read(self._wake_r, 4096)
+        os.read(self._wake_r, 4096)  # wake-ups carry no data; the loop rechecks _stopping
         while self._authenticated:
             connection = self._authenticated.popleft()
             self._connections.add(connection)
             self._selector.register(connection, selectors.EVENT_READ, self._serve)
 
     def _owner_exited(self, _fd: Any) -> None:
+        self._stopping = True
+
+    def stop_soon(self, _signum: int = 0, _frame: Any = None) -> None:
+        """Make the loop exit after the request in hand; usable as a signal handler."""
         self._stopping = True
 
     def _serve(self, connection: Connection) -> None:
@@ -204,10 +215,6 @@ class Manager:
             table.delete_many(args[0])
         elif op == proto.KEYS:
             return table.keys(args[0])
-        elif op == proto.PING:
-            return {"pid": os.getpid(), "keys": len(table)}
-        elif op == proto.SHUTDOWN:
-            self._stopping = True
         return None
 
     def _drop(self, connection: Connection) -> None:
@@ -216,11 +223,13 @@ class Manager:
         connection.close()
 
     def _close(self) -> None:
-        self._paths.remove()
+        self._paths.remove(self._authkey)
         if self._listener is not None:
             self._listener.close()
-        for connection in list(self._connections):
-            self._drop(connection)
+        for connection in self._connections:
+            connection.close()
+        self._connections.clear()
+        signal.set_wakeup_fd(-1)
         os.close(self._wake_w)
         os.close(self._wake_r)
         if self._owner_fd is not None:
@@ -228,22 +237,17 @@ class Manager:
         self._selector.close()
 
 
-def _stop_on_sigterm(_signum: int, _frame: Any) -> None:
-    raise SystemExit(0)
-
-
 def main() -> int:
     """Entry point of the manager process; see the module docstring for the start-up
     exchange with the owner."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     config = msgpack.unpackb(sys.stdin.buffer.read())
     paths = StorePaths(config["directory"], config["name"])
     manager = Manager(paths, config["authkey"], config["owner_pid"], config["max_frame_bytes"])
     try:
         manager.open()
     except Exception as exc:
-        paths.remove()
+        paths.remove(config["authkey"])
         sys.stdout.write(f"error: {exc}\n")
         return 1
     sys.stdout.write("ready\n")

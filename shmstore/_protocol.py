@@ -12,8 +12,6 @@ A request is an array whose first item is an opcode::
     [MSET, keys, values]     -> None; pairs applied in order, the whole batch or nothing
     [MDELETE, keys]          -> None; missing keys ignored
     [KEYS, prefix | None]    -> list[str], the keys for which key.startswith(prefix)
-    [PING]                   -> dict: {"pid": int, "keys": int}
-    [SHUTDOWN]               -> None; the manager stops after sending the reply
 
 ``keys`` is an array of str, ``values`` an array of bin of the same length. A reply is
 ``[OK, result]`` or ``[ERROR, kind, message]``, ``kind`` naming a :mod:`shmstore` exception
@@ -39,8 +37,6 @@ __all__ = [
     "MDELETE",
     "MGET",
     "MSET",
-    "PING",
-    "SHUTDOWN",
     "error_reply",
     "ok_reply",
     "pack",
@@ -52,8 +48,6 @@ MGET = 1
 MSET = 2
 MDELETE = 3
 KEYS = 4
-PING = 5
-SHUTDOWN = 6
 
 _OK = 0
 _ERROR = 1
@@ -64,7 +58,7 @@ _ERROR_KINDS: dict[str, type[StoreError]] = {
 }
 
 # Number of items after the opcode, per request kind.
-_ARITY = {MGET: 1, MSET: 2, MDELETE: 1, KEYS: 1, PING: 0, SHUTDOWN: 0}
+_ARITY = {MGET: 1, MSET: 2, MDELETE: 1, KEYS: 1}
 
 
 def pack(obj: Any) -> bytes:

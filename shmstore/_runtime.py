@@ -118,8 +118,19 @@ class StorePaths:
             raise StoreError(f"key file {self.key!r} is not a {AUTHKEY_BYTES}-byte authkey")
         return key
 
-    def remove(self) -> None:
-        """Unlink the socket and the key; missing files are ignored."""
+    def remove(self, authkey: bytes | None = None) -> None:
+        """Unlink the socket and the key; missing files are ignored.
+
+        :param authkey: remove them only if the key file still holds this key (or is
+            gone): once a manager has died, its name may have been claimed by a new
+            store, whose files must survive the old owner's clean-up.
+        """
+        if authkey is not None:
+            try:
+                if self.read_key() != authkey:
+                    return
+            except StoreNotFoundError:
+                pass
         for path in (self.socket, self.key):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
@@ -156,7 +167,7 @@ def claim(paths: StorePaths) -> bytes:
             fd = os.open(paths.key, flags, 0o600)
         except FileExistsError:
             if _is_stale(paths):
-                paths.remove()
+                paths.remove()  # not ours to check: its owner and manager are gone
                 continue
             break
         with os.fdopen(fd, "wb") as f:

@@ -70,14 +70,16 @@ class _SharedStoreBase(BaseStore[str, V]):
         runtime_dir: str | None = None,
         start_timeout_s: float = 10.0,
     ) -> None:
-        paths = StorePaths(runtime_dir or default_runtime_dir(), name or new_name())
+        paths = StorePaths(
+            runtime_dir or default_runtime_dir(), new_name() if name is None else name
+        )
         authkey = claim(paths)
         try:
             manager = ManagerProcess.start(
                 paths, authkey, max_frame_bytes=MAX_FRAME_BYTES, start_timeout_s=start_timeout_s
             )
         except BaseException:
-            paths.remove()
+            paths.remove(authkey)
             raise
         self._init_proxy(paths, authkey, manager)
 
@@ -332,8 +334,9 @@ class SharedStore(_SharedStoreBase[Any]):
     ``float``, ``str``, ``bytes``, and ``list`` and ``dict`` of those (dict keys of those
     scalar types). They are stored encoded, so ``mget`` returns equal copies, never the
     objects given to ``mset``. Types that would come back as something else are refused
-    rather than converted: a ``tuple`` (it would return as a ``list``), a ``bytearray``,
-    subclasses such as ``OrderedDict`` or ``numpy.float64``.
+    rather than converted: a ``tuple`` (it would return as a ``list``), a ``set``,
+    subclasses such as ``OrderedDict`` or ``numpy.float64``. A ``bytearray`` is stored as
+    msgpack bin and comes back as ``bytes``, as in :class:`SharedByteStore`.
 
     Construction, ownership and pickling are as for :class:`SharedByteStore`.
     """
@@ -360,11 +363,11 @@ class SharedStore(_SharedStoreBase[Any]):
         ]
 
 
-# Proxies rebuilt from pickles in this process, by class and address, so a worker that
-# receives the store with every task reuses one connection instead of opening one per task.
-_rebuilt: weakref.WeakValueDictionary[tuple[Any, ...], _SharedStoreBase[Any]] = (
-    weakref.WeakValueDictionary()
-)
+# Proxies rebuilt from pickles in this process, by class and address. A worker that
+# receives the store with every task reuses one proxy, and so one connection, for all of
+# them; without a strong reference here each task's proxy would be collected, and its
+# connection closed, as soon as the task returned.
+_rebuilt: dict[tuple[Any, ...], _SharedStoreBase[Any]] = {}
 
 
 def _rebuild(cls: type[_SharedStoreBase[Any]], directory: str, name: str) -> Any:

@@ -115,8 +115,27 @@ def kill(pid: int) -> None:
 
 # -- model-based sequences -------------------------------------------------------------
 
-AWKWARD_KEYS = ["", ":", "a:b", "*", "f*", "[", "[a]", "a b", " ", "ключ", "键", "\ud800",
-                "fo", "foo", "foobar", "x" * 10_000, "\x00", "é", "e\u0301"]
+AWKWARD_KEYS = [
+    "",
+    ":",
+    "a:b",
+    "*",
+    "f*",
+    "[",
+    "[a]",
+    "a b",
+    " ",
+    "ключ",
+    "键",
+    "\ud800",
+    "fo",
+    "foo",
+    "foobar",
+    "x" * 10_000,
+    "\x00",
+    "é",
+    "e\u0301",
+]
 
 
 def random_key(rng: random.Random) -> str:
@@ -129,8 +148,21 @@ def random_value(rng: random.Random, byte_values: bool):
     if byte_values:
         return rng.randbytes(rng.randint(0, 40))
     return rng.choice(
-        [None, True, 0, -(2**63), 2**64 - 1, 1.5, "", "text", b"bin", [1, "a", None],
-         {"k": [1, {"n": b"x"}]}, {1: "int key"}, rng.random()]
+        [
+            None,
+            True,
+            0,
+            -(2**63),
+            2**64 - 1,
+            1.5,
+            "",
+            "text",
+            b"bin",
+            [1, "a", None],
+            {"k": [1, {"n": b"x"}]},
+            {1: "int key"},
+            rng.random(),
+        ]
     )
 
 
@@ -160,8 +192,9 @@ def run_model_sequence(store, reference, seed: int, steps: int, byte_values: boo
             got = getattr(store, op)(*args)
             want = getattr(reference, op)(*args)
         if got != want:
-            differences.append(f"step {step}: {op}{args!r:.200} gave {got!r:.200}, "
-                               f"reference {want!r:.200}")
+            differences.append(
+                f"step {step}: {op}{args!r:.200} gave {got!r:.200}, reference {want!r:.200}"
+            )
     return differences
 
 
@@ -189,5 +222,30 @@ def run_conformance_suites(stores: dict, module_path: str) -> int:
         # Connect now: the proxies' one connection each lives for the whole run and
         # must not count as a descriptor leaked by the first test that uses it.
         list(store.yield_keys())
-    return int(pytest.main([module_path, "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-                            "-k", "Standard", "-W", "error"]))
+    return int(
+        pytest.main(
+            [
+                module_path,
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "-p",
+                "no:xdist",
+                "-k",
+                "Standard",
+                "-W",
+                "error",
+            ]
+        )
+    )
+
+
+def count_sockets() -> int:
+    """Number of sockets this process has open."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except OSError:
+            continue
+    return count

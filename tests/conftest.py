@@ -57,6 +57,12 @@ def _long_lived_helpers():
     # snapshot so they are part of every baseline rather than reported as leaks.
     multiprocessing.resource_tracker.ensure_running()
     multiprocessing.forkserver.ensure_running()
+    try:  # joblib's loky backend keeps a resource tracker of its own
+        from joblib.externals.loky.backend import resource_tracker as loky_tracker
+    except ImportError:
+        pass
+    else:
+        loky_tracker.ensure_running()
     yield
     shutil.rmtree(_RUNTIME_DIR, ignore_errors=True)
 

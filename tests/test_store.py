@@ -1,0 +1,267 @@
+"""The proxy's own promises: input checking, errors, lifecycle, ownership, access."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import gc
+import os
+import pickle
+import stat
+
+import pytest
+
+import shmstore
+from shmstore import _store
+from shmstore._client import Client
+from shmstore._runtime import StorePaths
+from tests import _workers
+
+# -- bad input: a clear error naming the item, and nothing of the batch applied -------
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "position"),
+    [
+        (lambda s: s.mget(["a", 1]), shmstore.InvalidKeyError, "position 1"),
+        (lambda s: s.mdelete([b"a"]), shmstore.InvalidKeyError, "position 0"),
+        (lambda s: s.mset([("a", b"1"), (None, b"2")]), shmstore.InvalidKeyError, "position 1"),
+        (
+            lambda s: s.mset([("a", b"1"), ("b", b"2"), "c"]),
+            shmstore.InvalidBatchError,
+            "position 2",
+        ),
+        (lambda s: s.mset([("a", b"1"), ("b", "text")]), shmstore.InvalidValueError, "position 1"),
+        (lambda s: s.mset([("a", b"1"), ("b", None)]), shmstore.InvalidValueError, "position 1"),
+        (lambda s: list(s.yield_keys(prefix=b"a")), shmstore.InvalidKeyError, "prefix"),
+    ],
+)
+def test_bad_byte_store_input_is_refused_whole(byte_store, call, error, position):
+    with pytest.raises(error, match=position) as raised:
+        call(byte_store)
+    assert isinstance(raised.value, TypeError)
+    assert byte_store.mget(["a", "b"]) == [None, None]
+
+
+@pytest.mark.parametrize(
+    "bad_value",
+    [(1, 2), {1, 2}, 2**64, object(), [1, (2,)], {"k": {"n": (1,)}}],
+    ids=["tuple", "set", "int-too-large", "object", "nested-tuple", "deep-tuple"],
+)
+def test_shared_store_refuses_values_that_would_not_round_trip(bad_value):
+    with shmstore.SharedStore() as store:
+        with pytest.raises(shmstore.InvalidValueError, match="position 1"):
+            store.mset([("a", 1), ("b", bad_value)])
+        assert store.mget(["a", "b"]) == [None, None]
+
+
+def test_byte_store_accepts_bytes_like_values_and_returns_bytes(byte_store):
+    byte_store.mset([("a", bytearray(b"ba")), ("b", memoryview(b"mv")), ("c", b"")])
+    assert byte_store.mget(["a", "b", "c"]) == [b"ba", b"mv", b""]
+
+
+def test_batch_over_the_frame_limit_is_refused_whole(byte_store, monkeypatch):
+    monkeypatch.setattr(_store, "MAX_FRAME_BYTES", 10_000)
+    with pytest.raises(shmstore.LimitExceededError, match="max_frame_bytes"):
+        byte_store.mset([("small", b"x"), ("big", b"x" * 20_000)])
+    assert byte_store.mget(["small", "big"]) == [None, None]
+
+
+def test_large_values_round_trip(byte_store):
+    big = os.urandom(8 << 20)
+    byte_store.mset([("big", big), ("small", b"s")])
+    assert byte_store.mget(["big", "small", "big"]) == [big, b"s", big]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        shmstore.StoreError("m"),
+        shmstore.InvalidKeyError("m"),
+        shmstore.InvalidValueError("m"),
+        shmstore.InvalidBatchError("m"),
+        shmstore.LimitExceededError("m"),
+        shmstore.StoreConnectionError("m"),
+        shmstore.StoreClosedError("m"),
+        shmstore.StoreNotFoundError("m"),
+        shmstore.StorePermissionError("m"),
+        shmstore.ProtocolError("m"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_errors_pickle_and_are_store_errors(error):
+    copy = pickle.loads(pickle.dumps(error))
+    assert type(copy) is type(error)
+    assert str(copy) == "m"
+    assert isinstance(copy, shmstore.StoreError)
+
+
+# -- closing and ownership ------------------------------------------------------------
+
+
+def test_owner_close_stops_the_manager_and_removes_its_files():
+    store = shmstore.SharedByteStore()
+    other = shmstore.SharedByteStore.attach(store.name)
+    manager_pid = store.manager_pid
+    store.close()
+    store.close()  # idempotent
+    assert _workers.wait_for_exit(manager_pid, timeout_s=0)  # stopped and reaped by close()
+    assert os.listdir(store.runtime_dir) == []
+    with pytest.raises(shmstore.StoreClosedError):
+        store.mget(["k"])
+    with pytest.raises(shmstore.StoreClosedError):
+        store.mget([])  # even a batch that needs no request
+    with pytest.raises(shmstore.StoreConnectionError):
+        other.mget(["k"])
+    other.close()
+
+
+def test_non_owner_close_only_disconnects(byte_store):
+    byte_store.mset([("k", b"v")])
+    with shmstore.SharedByteStore.attach(byte_store.name) as other:
+        assert other.manager_pid is None
+        assert other.mget(["k"]) == [b"v"]
+    with pytest.raises(ConnectionError):
+        other.mget(["k"])
+    assert byte_store.mget(["k"]) == [b"v"]
+
+
+def test_owner_that_drops_its_store_stops_the_manager():
+    store = shmstore.SharedByteStore()
+    manager_pid = store.manager_pid
+    del store
+    gc.collect()
+    assert _workers.wait_for_exit(manager_pid, timeout_s=0)
+
+
+def test_attach_to_a_missing_store_raises_not_found():
+    with pytest.raises(shmstore.StoreNotFoundError, match="no-such-store"):
+        shmstore.SharedByteStore.attach("no-such-store")
+
+
+def test_a_running_store_name_cannot_be_taken_twice(byte_store):
+    with pytest.raises(shmstore.StoreError, match="already exists"):
+        shmstore.SharedByteStore(name=byte_store.name)
+    assert byte_store.mget(["k"]) == [None]
+
+
+@pytest.mark.parametrize("name", ["", "../escape", "a/b", "-leading", "x" * 65, "sp ace"])
+def test_invalid_names_are_refused(name):
+    with pytest.raises(ValueError, match="store name"):
+        shmstore.SharedByteStore(name=name)
+
+
+def test_unpickled_proxy_reaches_the_same_store(store_cls):
+    with store_cls() as store:
+        copy = pickle.loads(pickle.dumps(store))
+        assert copy is not store and copy.manager_pid is None
+        store.mset([("k", b"v" if store_cls is shmstore.SharedByteStore else "v")])
+        assert copy.mget(["k"]) == store.mget(["k"])
+        copy.close()
+
+
+def test_pickle_carries_no_authkey(byte_store):
+    key = StorePaths(byte_store.runtime_dir, byte_store.name).read_key()
+    assert key not in pickle.dumps(byte_store)
+
+
+# -- access: the same user only -------------------------------------------------------
+
+
+def test_files_are_private_to_the_user(byte_store):
+    paths = StorePaths(byte_store.runtime_dir, byte_store.name)
+    assert stat.S_IMODE(os.stat(byte_store.runtime_dir).st_mode) == 0o700
+    assert stat.S_IMODE(os.stat(paths.key).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(paths.socket).st_mode) == 0o600
+
+
+def test_runtime_dir_open_to_others_is_refused(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    with pytest.raises(shmstore.StorePermissionError, match="mode 777"):
+        shmstore.SharedByteStore(runtime_dir=str(shared))
+
+
+def test_client_without_the_authkey_is_refused_and_others_are_served(byte_store):
+    byte_store.mset([("k", b"v")])
+    intruder = Client(StorePaths(byte_store.runtime_dir, byte_store.name), b"x" * 32)
+    with pytest.raises(shmstore.StorePermissionError):
+        intruder.connect()
+    intruder.close()
+    assert byte_store.mget(["k"]) == [b"v"]
+
+
+# -- interruption and concurrency -----------------------------------------------------
+
+
+def test_interrupt_between_send_and_reply_discards_the_connection(byte_store, monkeypatch):
+    byte_store.mset([("a", b"A"), ("b", b"B")])
+    byte_store.mget(["a"])  # connected
+    connection = byte_store._client._connection
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(connection, "recv_bytes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        byte_store.mget(["a"])  # sent; its reply is never read
+    # The reply to the interrupted request is still in the old socket; a reused
+    # connection would return [b"A"] here.
+    assert byte_store.mget(["b"]) == [b"B"]
+    assert byte_store._client._connection is not connection
+
+
+def test_threads_share_one_proxy(byte_store):
+    def work(t: int) -> bool:
+        keys = [f"t{t}:{i}" for i in range(16)]
+        for r in range(50):
+            byte_store.mset([(k, f"{k}:{r}".encode()) for k in keys])
+            if byte_store.mget(keys) != [f"{k}:{r}".encode() for k in keys]:
+                return False
+        return True
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(work, range(8)))
+
+
+class _CountingExecutor(concurrent.futures.ThreadPoolExecutor):
+    submitted = 0
+
+    def submit(self, *args, **kwargs):
+        type(self).submitted += 1
+        return super().submit(*args, **kwargs)
+
+
+async def test_async_calls_hop_to_a_thread_once_per_call_not_per_key(byte_store):
+    executor = _CountingExecutor(1)
+    asyncio.get_running_loop().set_default_executor(executor)
+    await byte_store.amset([(f"k{i}", b"v") for i in range(100)])
+    keys = [key async for key in byte_store.ayield_keys(prefix="k")]
+    values = await byte_store.amget(keys)
+    await byte_store.amdelete(keys)
+    executor.shutdown()
+    assert len(keys) == 100 and values == [b"v"] * 100
+    assert _CountingExecutor.submitted == 4
+
+
+def test_keys_listed_in_insertion_order_as_of_one_moment(byte_store):
+    byte_store.mset([("b", b"1"), ("a", b"2"), ("c", b"3")])
+    keys = byte_store.yield_keys()
+    assert next(keys) == "b"
+    byte_store.mdelete(["a"])  # the listing was fetched whole when iteration began
+    assert list(keys) == ["a", "c"]
+
+
+def test_many_threads_connect_while_a_slow_handshake_is_pending(byte_store):
+    # A peer that opens the socket and says nothing must not hold up the others.
+    import socket
+
+    silent = socket.socket(socket.AF_UNIX)
+    silent.connect(StorePaths(byte_store.runtime_dir, byte_store.name).socket)
+    try:
+        with shmstore.SharedByteStore.attach(byte_store.name) as other:
+            other.mset([("k", b"v")])
+            assert byte_store.mget(["k"]) == [b"v"]
+    finally:
+        silent.close()
