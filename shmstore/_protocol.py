@@ -77,12 +77,18 @@ def _fail(message: str) -> NoReturn:
     raise ProtocolError(message)
 
 
+def _check_types(items: list[Any], expected: type, what: str) -> None:
+    # One pass over the types; the scan that names the position runs only on failure.
+    if not set(map(type, items)) <= {expected}:
+        for i, item in enumerate(items):
+            if type(item) is not expected:
+                _fail(f"{what} at position {i} is {type(item).__name__}")
+
+
 def _check_keys(keys: Any) -> list[str]:
     if type(keys) is not list:
         _fail(f"keys must be an array, got {type(keys).__name__}")
-    for i, key in enumerate(keys):
-        if type(key) is not str:
-            _fail(f"key at position {i} is {type(key).__name__}, expected str")
+    _check_types(keys, str, "key")
     return keys
 
 
@@ -112,9 +118,7 @@ def parse_request(frame: bytes) -> tuple[int, list[Any]]:
         keys, values = _check_keys(args[0]), args[1]
         if type(values) is not list or len(values) != len(keys):
             _fail("MSET needs an array of values as long as its array of keys")
-        for i, value in enumerate(values):
-            if type(value) is not bytes:
-                _fail(f"value at position {i} is {type(value).__name__}, expected bin")
+        _check_types(values, bytes, "value")
     elif op == KEYS and args[0] is not None and type(args[0]) is not str:
         _fail(f"prefix is {type(args[0]).__name__}, expected str or nil")
     return op, args

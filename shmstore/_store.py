@@ -55,7 +55,13 @@ def _check_key(key: Any, position: int) -> str:
 
 
 def _key_list(keys: Iterable[Any]) -> list[str]:
-    return [_check_key(key, i) for i, key in enumerate(keys)]
+    key_list = list(keys)
+    # One pass over the types on the hot path; the per-item scan, which names the
+    # offending position, runs only when something is not a plain str.
+    if not set(map(type, key_list)) <= {str}:
+        for i, key in enumerate(key_list):
+            _check_key(key, i)
+    return key_list
 
 
 class _SharedStoreBase(BaseStore[str, V]):
@@ -154,7 +160,9 @@ class _SharedStoreBase(BaseStore[str, V]):
 
     # -- value encoding: overridden by the subclasses ---------------------------------
 
-    def _encode_value(self, value: Any, position: int) -> bytes:
+    def _encode_values(self, values: list[Any]) -> list[bytes]:
+        """Each value as the bytes the manager stores; :class:`InvalidValueError` names
+        the first value that cannot be stored."""
         raise NotImplementedError
 
     def _decode_values(self, values: list[bytes | None]) -> list[V | None]:
@@ -181,19 +189,26 @@ class _SharedStoreBase(BaseStore[str, V]):
         return self._frame(proto.MGET, key_list) if key_list else None
 
     def _mset_frame(self, key_value_pairs: Iterable[tuple[str, V]]) -> bytes | None:
+        pairs = list(key_value_pairs)
         keys: list[str] = []
-        values: list[bytes] = []
-        for i, pair in enumerate(key_value_pairs):
-            try:
-                key, value = pair
-            except (TypeError, ValueError):
-                raise InvalidBatchError(
-                    f"item at position {i} is not a (key, value) pair: {_short.repr(pair)}"
-                ) from None
-            keys.append(_check_key(key, i))
-            values.append(self._encode_value(value, i))
+        values: list[Any] = []
+        try:
+            keys = [key for key, _ in pairs]
+            values = [value for _, value in pairs]
+        except (TypeError, ValueError):
+            pass  # some item is not a pair: the scan below names it
+        if len(keys) != len(pairs) or not set(map(type, keys)) <= {str}:
+            for i, pair in enumerate(pairs):
+                try:
+                    key, _value = pair
+                except (TypeError, ValueError):
+                    raise InvalidBatchError(
+                        f"item at position {i} is not a (key, value) pair: {_short.repr(pair)}"
+                    ) from None
+                _check_key(key, i)
+        encoded = self._encode_values(values)
         self._check_open()
-        return self._frame(proto.MSET, keys, values) if keys else None
+        return self._frame(proto.MSET, keys, encoded) if keys else None
 
     def _mdelete_frame(self, keys: Iterable[str]) -> bytes | None:
         key_list = _key_list(keys)
@@ -312,15 +327,18 @@ class SharedByteStore(_SharedStoreBase[bytes]):
     :raises ValueError: ``name`` is not a valid store name.
     """
 
-    def _encode_value(self, value: Any, position: int) -> bytes:
-        if type(value) is bytes:
-            return value
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            return bytes(value)
-        raise InvalidValueError(
-            f"value at position {position} is {type(value).__name__}, expected bytes: "
-            f"{_short.repr(value)}"
-        )
+    def _encode_values(self, values: list[Any]) -> list[bytes]:
+        if set(map(type, values)) <= {bytes}:
+            return values
+        encoded = []
+        for i, value in enumerate(values):
+            if not isinstance(value, (bytes, bytearray, memoryview)):
+                raise InvalidValueError(
+                    f"value at position {i} is {type(value).__name__}, expected bytes: "
+                    f"{_short.repr(value)}"
+                )
+            encoded.append(bytes(value))
+        return encoded
 
     def _decode_values(self, values: list[bytes | None]) -> list[bytes | None]:
         return values
@@ -341,16 +359,19 @@ class SharedStore(_SharedStoreBase[Any]):
     Construction, ownership and pickling are as for :class:`SharedByteStore`.
     """
 
-    def _encode_value(self, value: Any, position: int) -> bytes:
-        try:
-            encoded: bytes = msgpack.packb(
-                value, use_bin_type=True, strict_types=True, unicode_errors="surrogatepass"
-            )
-            return encoded
-        except (TypeError, ValueError, OverflowError) as exc:
-            raise InvalidValueError(
-                f"value at position {position} ({type(value).__name__}) cannot be stored: {exc}"
-            ) from None
+    def _encode_values(self, values: list[Any]) -> list[bytes]:
+        packer = msgpack.Packer(
+            use_bin_type=True, strict_types=True, unicode_errors="surrogatepass"
+        )
+        encoded = []
+        for i, value in enumerate(values):
+            try:
+                encoded.append(packer.pack(value))
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise InvalidValueError(
+                    f"value at position {i} ({type(value).__name__}) cannot be stored: {exc}"
+                ) from None
+        return encoded
 
     def _decode_values(self, values: list[bytes | None]) -> list[Any]:
         return [

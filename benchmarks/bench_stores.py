@@ -1,0 +1,168 @@
+"""Time shmstore beside the stores a user would pick instead, in one run.
+
+Workload (from CONTEXT.md): 20,000 keys of 45 characters with 1,536-byte values (a
+384-float embedding), in batches of 64: ``mset`` then ``mget`` throughput; single-key
+``mget`` latency; 64 values of 1 MiB in batches of 4; 4 processes reading all keys in
+batches of 64 at once. Every figure is measured in worker processes (spawned), never in
+the process that started the store, and is the median of ``--repeat`` runs, each on a
+freshly started store. Ratios are shmstore's figure over the peer's, so above 1 means
+shmstore is faster, for latency too.
+
+Run from the repository root:  python -m benchmarks.bench_stores [--repeat 3] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import platform
+import statistics
+import time
+
+from benchmarks import peers
+
+KEY_CHARS = 45
+VALUE_BYTES = 1536
+BIG_VALUE_BYTES = 1 << 20
+READERS = 4
+
+_BARRIER = None
+
+
+def _keys(n: int) -> list[str]:
+    return [f"embedding:{i:012d}:".ljust(KEY_CHARS, "x") for i in range(n)]
+
+
+def _batches(items: list, size: int) -> list[list]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _init_worker(barrier) -> None:
+    global _BARRIER
+    _BARRIER = barrier
+
+
+def one_process_run(peer_cls, handle, n_keys: int, batch: int, single: int, n_big: int):
+    """All single-client workloads on one client; returns their figures."""
+    client = peer_cls.connect(handle)
+    keys = _keys(n_keys)
+    # A distinct value per key: pickle sends an object repeated within one message only
+    # once, which would flatter the pickle-based peers on repeated values.
+    values = [os.urandom(VALUE_BYTES) for _ in keys]
+    pair_batches = _batches(list(zip(keys, values)), batch)
+    key_batches = _batches(keys, batch)
+    figures = {}
+
+    t = time.perf_counter()
+    for pairs in pair_batches:
+        client.mset(pairs)
+    figures["mset keys/s"] = n_keys / (time.perf_counter() - t)
+
+    t = time.perf_counter()
+    for ks in key_batches:
+        got = client.mget(ks)
+    figures["mget keys/s"] = n_keys / (time.perf_counter() - t)
+    assert got == values[-len(got) :], "mget returned wrong values"
+
+    one_key = [[k] for k in keys[:single]]
+    t = time.perf_counter()
+    for k in one_key:
+        client.mget(k)
+    figures["1-key mget µs"] = (time.perf_counter() - t) / single * 1e6
+
+    big = {f"big:{i}": os.urandom(BIG_VALUE_BYTES) for i in range(n_big)}
+    big_batches = _batches(list(big), 4)
+    t = time.perf_counter()
+    for ks in big_batches:
+        client.mset([(k, big[k]) for k in ks])
+    figures["1 MiB mset MB/s"] = n_big * BIG_VALUE_BYTES / 1e6 / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for ks in big_batches:
+        got = client.mget(ks)
+    figures["1 MiB mget MB/s"] = n_big * BIG_VALUE_BYTES / 1e6 / (time.perf_counter() - t)
+    assert got == [big[k] for k in big_batches[-1]], "mget returned wrong large values"
+    return figures
+
+
+def reader_run(peer_cls, handle, n_keys: int, batch: int):
+    """One of READERS concurrent readers; returns (start, end, keys read)."""
+    client = peer_cls.connect(handle)
+    key_batches = _batches(_keys(n_keys), batch)
+    _BARRIER.wait()
+    start = time.perf_counter()  # CLOCK_MONOTONIC: comparable across processes
+    for ks in key_batches:
+        client.mget(ks)
+    return start, time.perf_counter(), n_keys
+
+
+def measure(peer_cls, pool, args) -> dict[str, float]:
+    peer = peer_cls()
+    handle = peer.start()
+    try:
+        figures = pool.apply(one_process_run, (peer_cls, handle, *args))
+        if peer.shared:
+            n_keys, batch = args[0], args[1]
+            spans = pool.starmap(reader_run, [(peer_cls, handle, n_keys, batch)] * READERS)
+            elapsed = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)
+            figures[f"{READERS} readers keys/s"] = sum(n for _, _, n in spans) / elapsed
+        return figures
+    finally:
+        peer.stop()
+
+
+def _format(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    if value >= 1e4:
+        return f"{value / 1e3:.0f}k"
+    return f"{value:.3g}" if value < 100 else f"{value:,.0f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=3, help="runs per peer (default 3)")
+    parser.add_argument("--quick", action="store_true", help="a tenth of the work, 1 run")
+    options = parser.parse_args(argv)
+    repeat = 1 if options.quick else options.repeat
+    scale = 10 if options.quick else 1
+    args = (20_000 // scale, 64, 2_000 // scale, 64 // scale)
+
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(READERS)
+    medians: dict[str, dict[str, float]] = {}
+    with ctx.Pool(READERS, initializer=_init_worker, initargs=(barrier,)) as pool:
+        for peer_cls in peers.PEERS:
+            runs = [measure(peer_cls, pool, args) for _ in range(repeat)]
+            medians[peer_cls.name] = {m: statistics.median(r[m] for r in runs) for m in runs[0]}
+            print(f"measured {peer_cls.name}", flush=True)
+
+    metrics = list(next(iter(medians.values())))
+    ours = medians[peers.ShmStorePeer.name]
+    print(f"\n{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"medians of {repeat} run(s), {args[0]} keys\n")
+    print("| store | " + " | ".join(metrics) + " |")
+    print("|---" * (len(metrics) + 1) + "|")
+    for name, figures in medians.items():
+        print(f"| {name} | " + " | ".join(_format(figures.get(m)) for m in metrics) + " |")
+    print("\nshmstore's advantage (x faster; above 1 is better):\n")
+    print("| against | " + " | ".join(metrics) + " |")
+    print("|---" * (len(metrics) + 1) + "|")
+    for name, figures in medians.items():
+        if name == peers.ShmStorePeer.name:
+            continue
+        cells = []
+        for m in metrics:
+            if m not in figures:
+                cells.append("—")
+            elif m.endswith("µs"):
+                cells.append(f"{figures[m] / ours[m]:.2f}")
+            else:
+                cells.append(f"{ours[m] / figures[m]:.2f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
