@@ -50,7 +50,7 @@ def one_process_run(peer_cls, handle, n_keys: int, batch: int, single: int, n_bi
     # A distinct value per key: pickle sends an object repeated within one message only
     # once, which would flatter the pickle-based peers on repeated values.
     values = [os.urandom(VALUE_BYTES) for _ in keys]
-    pair_batches = _batches(list(zip(keys, values)), batch)
+    pair_batches = _batches(list(zip(keys, values, strict=True)), batch)
     key_batches = _batches(keys, batch)
     figures = {}
 
@@ -141,8 +141,10 @@ def main(argv: list[str] | None = None) -> None:
 
     metrics = list(next(iter(medians.values())))
     ours = medians[peers.ShmStorePeer.name]
-    print(f"\n{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-          f"medians of {repeat} run(s), {args[0]} keys\n")
+    print(
+        f"\n{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+        f"medians of {repeat} run(s), {args[0]} keys\n"
+    )
     print("| store | " + " | ".join(metrics) + " |")
     print("|---" * (len(metrics) + 1) + "|")
     for name, figures in medians.items():

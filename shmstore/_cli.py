@@ -44,7 +44,10 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="shmstore", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="shmstore",
+        description="shmstore: one key-value store shared by every process of a job.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     embed = commands.add_parser(
         "embed",

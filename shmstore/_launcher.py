@@ -46,6 +46,11 @@ class ManagerProcess:
         """The manager's process id."""
         return self._process.pid
 
+    @property
+    def owned_here(self) -> bool:
+        """Whether this process started the manager (not a fork of the one that did)."""
+        return os.getpid() == self._owner_pid
+
     @classmethod
     def start(
         cls, paths: StorePaths, authkey: bytes, *, max_frame_bytes: int, start_timeout_s: float
@@ -96,7 +101,7 @@ class ManagerProcess:
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the manager (SIGTERM, then SIGKILL after ``timeout_s`` seconds), reap it
         and remove its files. A no-op outside the owner and after the first call."""
-        if os.getpid() != self._owner_pid or self._process.returncode is not None:
+        if not self.owned_here or self._process.returncode is not None:
             return
         try:
             self._process.send_signal(signal.SIGTERM)

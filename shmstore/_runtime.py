@@ -56,6 +56,11 @@ def private_dir(path: str) -> str:
     """
     with contextlib.suppress(FileExistsError):
         os.mkdir(path, 0o700)
+    _check_private(path)
+    return path
+
+
+def _check_private(path: str) -> None:
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode):
         raise StorePermissionError(f"runtime directory {path!r} is not a directory")
@@ -66,7 +71,6 @@ def private_dir(path: str) -> str:
             f"runtime directory {path!r} has mode {stat.S_IMODE(info.st_mode):o}; "
             "it must not be open to group or others"
         )
-    return path
 
 
 def new_name() -> str:
@@ -105,8 +109,11 @@ class StorePaths:
         """The store's authkey.
 
         :raises StoreNotFoundError: no store of this name has a key here.
+        :raises StorePermissionError: the directory is not private to this user, so its
+            socket may be another user's, planted to receive this process's data.
         """
         try:
+            _check_private(self.directory)
             fd = os.open(self.key, os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
             raise StoreNotFoundError(

@@ -136,8 +136,10 @@ class _SharedStoreBase(BaseStore[str, V]):
 
     @property
     def manager_pid(self) -> int | None:
-        """The manager's process id in the owner; ``None`` in every other process."""
-        return self._manager.pid if self._manager is not None else None
+        """The manager's process id in the owner; ``None`` in every other process,
+        forked children of the owner included."""
+        manager = self._manager
+        return manager.pid if manager is not None and manager.owned_here else None
 
     def close(self) -> None:
         """Close this proxy. In the owner process this also stops the manager, after
@@ -174,8 +176,8 @@ class _SharedStoreBase(BaseStore[str, V]):
         frame = proto.pack(list(message))
         if len(frame) > MAX_FRAME_BYTES:
             raise LimitExceededError(
-                f"the batch encodes to {len(frame)} bytes, over max_frame_bytes="
-                f"{MAX_FRAME_BYTES}; split it into smaller batches"
+                f"the batch encodes to {len(frame)} bytes, over the limit of "
+                f"MAX_FRAME_BYTES={MAX_FRAME_BYTES}; split it into smaller batches"
             )
         return frame
 

@@ -60,6 +60,11 @@ def hammer_in_child(store, tag: str, rounds: int, results) -> None:
     results.put(hammer(store, tag, rounds))
 
 
+def report_role_then_close(store, results) -> None:
+    results.put(store.manager_pid)
+    store.close()
+
+
 def write_versions(store, keys: list[str], versions: int, ready, done) -> None:
     """Overwrite all ``keys`` with one batch per version, each batch one version."""
     ready.wait()

@@ -112,12 +112,18 @@ def test_proxy_used_by_parent_and_child_at_once_never_crosses_replies(byte_store
     assert (parent_wrong, child_wrong, child.exitcode) == (0, 0, 0)
 
 
-def test_forked_child_closing_inherited_owner_proxy_leaves_manager_running(byte_store):
+def test_forked_child_of_the_owner_is_not_an_owner(byte_store):
     byte_store.mset([("k", b"v")])
-    child = multiprocessing.get_context("fork").Process(target=byte_store.close)
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.SimpleQueue()
+    child = ctx.Process(target=_workers.report_role_then_close, args=(byte_store, results))
     child.start()
+    manager_pid_in_child = results.get()
     child.join()
+    results.close()
     assert child.exitcode == 0
+    assert manager_pid_in_child is None
+    # the child's close() only disconnected it
     assert byte_store.mget(["k"]) == [b"v"]
 
 

@@ -62,7 +62,7 @@ def test_byte_store_accepts_bytes_like_values_and_returns_bytes(byte_store):
 
 def test_batch_over_the_frame_limit_is_refused_whole(byte_store, monkeypatch):
     monkeypatch.setattr(_store, "MAX_FRAME_BYTES", 10_000)
-    with pytest.raises(shmstore.LimitExceededError, match="max_frame_bytes"):
+    with pytest.raises(shmstore.LimitExceededError, match="MAX_FRAME_BYTES"):
         byte_store.mset([("small", b"x"), ("big", b"x" * 20_000)])
     assert byte_store.mget(["small", "big"]) == [None, None]
 
@@ -181,6 +181,16 @@ def test_runtime_dir_open_to_others_is_refused(tmp_path):
     shared.chmod(0o777)
     with pytest.raises(shmstore.StorePermissionError, match="mode 777"):
         shmstore.SharedByteStore(runtime_dir=str(shared))
+
+
+def test_attach_refuses_a_runtime_dir_open_to_others(byte_store):
+    # Another user who could write there could have planted the socket.
+    os.chmod(byte_store.runtime_dir, 0o777)
+    try:
+        with pytest.raises(shmstore.StorePermissionError, match="mode 777"):
+            shmstore.SharedByteStore.attach(byte_store.name)
+    finally:
+        os.chmod(byte_store.runtime_dir, 0o700)
 
 
 def test_client_without_the_authkey_is_refused_and_others_are_served(byte_store):

