@@ -4,11 +4,12 @@ Workload (from CONTEXT.md): 20,000 keys of 45 characters with 1,536-byte values 
 384-float embedding), in batches of 64: ``mset`` then ``mget`` throughput; single-key
 ``mget`` latency; 64 values of 1 MiB in batches of 4; 4 processes reading all keys in
 batches of 64 at once. Every figure is measured in worker processes (spawned), never in
-the process that started the store, and is the median of ``--repeat`` runs, each on a
-freshly started store. Ratios are shmstore's figure over the peer's, so above 1 means
-shmstore is faster, for latency too.
+the process that started the store, and is the median of ``--repeat`` rounds (default
+5), each on a freshly started store, the peers taking turns within each round. Ratios
+are shmstore's figure over the peer's, so above 1 means shmstore is faster, for latency
+too.
 
-Run from the repository root:  python -m benchmarks.bench_stores [--repeat 3] [--quick]
+Run from the repository root:  python -m benchmarks.bench_stores [--repeat 5] [--quick]
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def _format(value: float | None) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeat", type=int, default=3, help="runs per peer (default 3)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per peer (default 5)")
     parser.add_argument("--quick", action="store_true", help="a tenth of the work, 1 run")
     options = parser.parse_args(argv)
     repeat = 1 if options.quick else options.repeat
@@ -132,12 +133,17 @@ def main(argv: list[str] | None = None) -> None:
 
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(READERS)
-    medians: dict[str, dict[str, float]] = {}
+    runs: dict[str, list[dict[str, float]]] = {p.name: [] for p in peers.PEERS}
     with ctx.Pool(READERS, initializer=_init_worker, initargs=(barrier,)) as pool:
-        for peer_cls in peers.PEERS:
-            runs = [measure(peer_cls, pool, args) for _ in range(repeat)]
-            medians[peer_cls.name] = {m: statistics.median(r[m] for r in runs) for m in runs[0]}
-            print(f"measured {peer_cls.name}", flush=True)
+        # Peers take turns within each round, so a drift in the machine's state (another
+        # process, the CPU's clock) falls on all of them rather than on one.
+        for n in range(repeat):
+            for peer_cls in peers.PEERS:
+                runs[peer_cls.name].append(measure(peer_cls, pool, args))
+            print(f"round {n + 1}/{repeat} done", flush=True)
+    medians = {
+        name: {m: statistics.median(r[m] for r in rs) for m in rs[0]} for name, rs in runs.items()
+    }
 
     metrics = list(next(iter(medians.values())))
     ours = medians[peers.ShmStorePeer.name]
