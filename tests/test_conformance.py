@@ -15,68 +15,50 @@ from tests import _workers
 
 def _empty_store(cls_name: str):
     """A fresh owned store in the test process, or, inside the spawned child, the
-    inherited proxy emptied."""
+    inherited proxy emptied; owned stores are closed after the test."""
     inherited = _workers.INHERITED_STORES.get(cls_name)
     if inherited is None:
-        return getattr(shmstore, cls_name)()
-    inherited.mdelete(list(inherited.yield_keys()))
-    return inherited
+        with getattr(shmstore, cls_name)() as store:
+            yield store
+    else:
+        inherited.mdelete(list(inherited.yield_keys()))
+        yield inherited
 
 
-@pytest.fixture
-def _byte_store():
-    store = _empty_store("SharedByteStore")
-    yield store
-    if store.manager_pid is not None:
-        store.close()
-
-
-@pytest.fixture
-def _value_store():
-    store = _empty_store("SharedStore")
-    yield store
-    if store.manager_pid is not None:
-        store.close()
-
-
-class TestStandardSyncByteStore(BaseStoreSyncTests[bytes]):
+class _ByteStoreFixtures:
     @pytest.fixture
-    def kv_store(self, _byte_store) -> BaseStore[str, bytes]:
-        return _byte_store
+    def kv_store(self) -> BaseStore[str, bytes]:
+        yield from _empty_store("SharedByteStore")
 
     @pytest.fixture
     def three_values(self) -> tuple[bytes, bytes, bytes]:
         return b"foo", b"bar", b"buzz"
 
 
-class TestStandardAsyncByteStore(BaseStoreAsyncTests[bytes]):
+class _ValueStoreFixtures:
     @pytest.fixture
-    async def kv_store(self, _byte_store) -> BaseStore[str, bytes]:
-        return _byte_store
-
-    @pytest.fixture
-    def three_values(self) -> tuple[bytes, bytes, bytes]:
-        return b"foo", b"bar", b"buzz"
-
-
-class TestStandardSyncStore(BaseStoreSyncTests[object]):
-    @pytest.fixture
-    def kv_store(self, _value_store) -> BaseStore[str, object]:
-        return _value_store
+    def kv_store(self) -> BaseStore[str, object]:
+        yield from _empty_store("SharedStore")
 
     @pytest.fixture
     def three_values(self) -> tuple[object, object, object]:
         return {"foo": [1, 2.5]}, "bar", [None, b"buzz", {"n": True}]
 
 
-class TestStandardAsyncStore(BaseStoreAsyncTests[object]):
-    @pytest.fixture
-    async def kv_store(self, _value_store) -> BaseStore[str, object]:
-        return _value_store
+class TestStandardSyncByteStore(_ByteStoreFixtures, BaseStoreSyncTests[bytes]):
+    pass
 
-    @pytest.fixture
-    def three_values(self) -> tuple[object, object, object]:
-        return {"foo": [1, 2.5]}, "bar", [None, b"buzz", {"n": True}]
+
+class TestStandardAsyncByteStore(_ByteStoreFixtures, BaseStoreAsyncTests[bytes]):
+    pass
+
+
+class TestStandardSyncStore(_ValueStoreFixtures, BaseStoreSyncTests[object]):
+    pass
+
+
+class TestStandardAsyncStore(_ValueStoreFixtures, BaseStoreAsyncTests[object]):
+    pass
 
 
 def test_standard_suites_pass_in_a_spawned_child():
