@@ -7,6 +7,7 @@ never see each other's stores and the leak check can attribute what it finds.
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import multiprocessing.forkserver
 import multiprocessing.resource_tracker
@@ -18,6 +19,9 @@ import pytest
 
 _RUNTIME_DIR = tempfile.mkdtemp(prefix="shmstore-test-")
 os.environ["SHMSTORE_RUNTIME_DIR"] = _RUNTIME_DIR
+# Removed by whichever process imported this file: an xdist worker, the xdist
+# controller (which runs no session fixture), or a child running the suites.
+atexit.register(shutil.rmtree, _RUNTIME_DIR, ignore_errors=True)
 
 
 def _children() -> set[tuple[int, str]]:
@@ -51,7 +55,7 @@ def _snapshot() -> dict[str, set[object]]:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _long_lived_helpers():
+def _long_lived_helpers() -> None:
     # multiprocessing starts the resource tracker and the forkserver once per process
     # and keeps them (and their descriptors) for good; start them before the first
     # snapshot so they are part of every baseline rather than reported as leaks.
@@ -63,8 +67,6 @@ def _long_lived_helpers():
         pass
     else:
         loky_tracker.ensure_running()
-    yield
-    shutil.rmtree(_RUNTIME_DIR, ignore_errors=True)
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
