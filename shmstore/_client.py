@@ -19,6 +19,7 @@ ever reading a reply that is not its own:
 from __future__ import annotations
 
 import os
+import select
 import threading
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client as _connect
@@ -44,6 +45,7 @@ class Client:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._connection: Connection | None = None
+        self._poller: select.poll | None = None
         self._closed = False
 
     @property
@@ -86,6 +88,27 @@ class Client:
             if self._connection is None:
                 self._connect()
 
+    def check_manager(self) -> None:
+        """Make sure the manager is alive, without a request: with no request
+        outstanding, anything readable on the connection is the EOF its exit left.
+
+        Direct reads call this, so a read never returns a dead store's memory.
+
+        :raises StoreClosedError: :meth:`close` was called.
+        :raises StoreConnectionError: the manager is gone.
+        """
+        if self._closed:
+            raise StoreClosedError(f"store {self._paths.name!r} is closed")
+        if self._pid != os.getpid():
+            self._forget_parent_connection()
+        with self._lock:
+            if self._connection is None:
+                self._connect()
+            assert self._poller is not None
+            if self._poller.poll(0):
+                self._discard()
+                raise StoreConnectionError(f"the manager of store {self._paths.name!r} has exited")
+
     def close(self) -> None:
         """Close the connection. Requests made afterwards raise :class:`StoreClosedError`."""
         self._closed = True
@@ -107,10 +130,13 @@ class Client:
                 f"cannot reach the manager of store {self._paths.name!r} at {self._paths.socket!r}"
             ) from exc
         self._connection = connection
+        self._poller = select.poll()
+        self._poller.register(connection.fileno(), select.POLLIN)
         return connection
 
     def _discard(self) -> None:
         connection, self._connection = self._connection, None
+        self._poller = None
         if connection is not None:
             connection.close()
 

@@ -18,6 +18,7 @@ __all__ = [
     "StoreClosedError",
     "StoreConnectionError",
     "StoreError",
+    "StoreFullError",
     "StoreNotFoundError",
     "StorePermissionError",
 ]
@@ -65,6 +66,11 @@ class StoreClosedError(StoreConnectionError):
 class StoreNotFoundError(StoreConnectionError, FileNotFoundError):
     """No running store has that name in the runtime directory searched: it never
     existed, or its manager has stopped and removed its files."""
+
+
+class StoreFullError(StoreError, MemoryError):
+    """Shared memory (``/dev/shm``) has no room for a write. Raised before anything of
+    the batch is applied; the store keeps serving reads and writes that fit."""
 
 
 class StorePermissionError(StoreError, PermissionError):

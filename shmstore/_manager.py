@@ -40,6 +40,7 @@ import msgpack
 from . import _protocol as proto
 from ._errors import ProtocolError, StoreError
 from ._runtime import StorePaths
+from ._segment import Segment, unlink_segment
 from ._table import Table
 
 __all__ = ["Manager", "main"]
@@ -80,7 +81,7 @@ class Manager:
         self._authkey = authkey
         self._owner_pid = owner_pid
         self._max_frame_bytes = max_frame_bytes
-        self._table = Table()
+        self._table: Table | None = None  # created by open(): its segments outlive errors
         self._table_lock = threading.Lock()
         self._selector = selectors.DefaultSelector()
         self._listener: socket.socket | None = None
@@ -107,6 +108,7 @@ class Manager:
         listener.listen(128)
         listener.setblocking(False)
         self._listener = listener
+        self._table = Table(self._paths.segment_prefix)
         self._selector.register(listener, selectors.EVENT_READ, self._accept)
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeups)
         signal.set_wakeup_fd(self._wake_w)
@@ -148,9 +150,18 @@ class Manager:
             raw, _ = listener.accept()
         except (BlockingIOError, InterruptedError):
             return
+        # The kernel's word on who connected: another user is refused outright (only
+        # root could get past the 0700 directory), and the pid names the peer's
+        # staging segments, to check its requests and clean up after it.
+        pid, uid, _gid = struct.unpack(
+            "3i", raw.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        )
+        if uid != os.getuid():
+            raw.close()
+            return
         raw.setblocking(True)
         connection = Connection(raw.detach())
-        threading.Thread(target=self._serve_connection, args=(connection,), daemon=True).start()
+        threading.Thread(target=self._serve_connection, args=(connection, pid), daemon=True).start()
 
     def _drain_wakeups(self, _wake_r: Any) -> None:
         os.read(self._wake_r, 4096)  # wake-ups carry no data; the loop rechecks _stopping
@@ -161,9 +172,12 @@ class Manager:
     def _close(self) -> None:
         # Connection threads are daemons blocked in read: the process exit that follows
         # closes their sockets, and every client sees EOF at once.
-        self._paths.remove(self._authkey)
         if self._listener is not None:
             self._listener.close()
+        if self._table is not None:
+            with self._table_lock:
+                self._table.close()
+        self._paths.remove(self._authkey)
         signal.set_wakeup_fd(-1)
         os.close(self._wake_w)
         os.close(self._wake_r)
@@ -173,7 +187,7 @@ class Manager:
 
     # -- connection threads -----------------------------------------------------------
 
-    def _serve_connection(self, connection: Connection) -> None:
+    def _serve_connection(self, connection: Connection, peer_pid: int) -> None:
         try:
             # Nothing an unauthenticated peer sends is decoded: the challenge reads
             # only its fixed-size HMAC exchange.
@@ -185,7 +199,7 @@ class Manager:
                 # A client killed mid-frame gives EOF here before anything of its
                 # partial frame is decoded, so none of that batch is applied.
                 frame = connection.recv_bytes(self._max_frame_bytes)
-                reply, keep = self._handle(frame)
+                reply, keep = self._handle(frame, peer_pid)
                 connection.send_bytes(reply)
                 if not keep:
                     return
@@ -193,11 +207,16 @@ class Manager:
             return  # EOF, a broken socket, a failed challenge: drop this client only
         finally:
             connection.close()
+            # A client killed between staging values and sending them leaves its
+            # staging segment behind; nobody else will ever unlink it.
+            self._paths.remove_segments(f"s{peer_pid}.")
 
-    def _handle(self, frame: bytes) -> tuple[bytes, bool]:
+    def _handle(self, frame: bytes, peer_pid: int) -> tuple[bytes, bool]:
         """The reply to one request frame, and whether to keep the connection."""
         try:
             op, args = proto.parse_request(frame)
+            if op == proto.MSET_SHM and not args[1].startswith(f"s{peer_pid}."):
+                raise ProtocolError("a client may only send its own staging segments")
             with self._table_lock:
                 result = self._apply(op, args)
             return proto.ok_reply(result), True
@@ -211,6 +230,7 @@ class Manager:
 
     def _apply(self, op: int, args: list[Any]) -> Any:
         table = self._table
+        assert table is not None
         if op == proto.MGET:
             return table.get_many(args[0])
         if op == proto.MSET:
@@ -219,7 +239,34 @@ class Manager:
             table.delete_many(args[0])
         elif op == proto.KEYS:
             return table.keys(args[0])
+        elif op == proto.MSET_SHM:
+            self._apply_staged(table, *args)
         return None
+
+    def _apply_staged(self, table: Table, keys: list[str], name: str, lengths: list[int]) -> None:
+        # The values are copied once, from the client's staging segment into the arena.
+        name = self._paths.segment_prefix + name
+        try:
+            segment = Segment.open(name)
+        except FileNotFoundError as exc:
+            raise ProtocolError(f"no staging segment {name!r}") from exc
+        try:
+            if sum(lengths) > segment.size:
+                raise ProtocolError("the staged values overrun their segment")
+            whole = memoryview(segment.buf)
+            views, offset = [], 0
+            for n in lengths:
+                views.append(whole[offset : offset + n])
+                offset += n
+            try:
+                table.set_many(keys, views)
+            finally:
+                for view in views:
+                    view.release()
+                whole.release()
+        finally:
+            segment.close()
+            unlink_segment(name)
 
 
 def main() -> int:

@@ -12,6 +12,10 @@ A request is an array whose first item is an opcode::
     [MSET, keys, values]     -> None; pairs applied in order, the whole batch or nothing
     [MDELETE, keys]          -> None; missing keys ignored
     [KEYS, prefix | None]    -> list[str], the keys for which key.startswith(prefix)
+    [MSET_SHM, keys, segment, lengths]
+                             -> None; as MSET, with the values laid end to end in the
+                                client's staging segment <store prefix><segment>, named
+                                s<client pid>.<n>, which the manager unlinks
 
 ``keys`` is an array of str, ``values`` an array of bin of the same length. A reply is
 ``[OK, result]`` or ``[ERROR, kind, message]``, ``kind`` naming a :mod:`shmstore` exception
@@ -21,6 +25,7 @@ included, is a key that round-trips exactly.
 
 from __future__ import annotations
 
+import re
 from typing import Any, NoReturn
 
 import msgpack
@@ -37,6 +42,7 @@ __all__ = [
     "MDELETE",
     "MGET",
     "MSET",
+    "MSET_SHM",
     "error_reply",
     "ok_reply",
     "pack",
@@ -48,6 +54,7 @@ MGET = 1
 MSET = 2
 MDELETE = 3
 KEYS = 4
+MSET_SHM = 5
 
 _OK = 0
 _ERROR = 1
@@ -58,7 +65,8 @@ _ERROR_KINDS: dict[str, type[StoreError]] = {
 }
 
 # Number of items after the opcode, per request kind.
-_ARITY = {MGET: 1, MSET: 2, MDELETE: 1, KEYS: 1}
+_ARITY = {MGET: 1, MSET: 2, MDELETE: 1, KEYS: 1, MSET_SHM: 3}
+_STAGING_SEGMENT = re.compile(r"s\d+\.\d+")
 
 
 def pack(obj: Any) -> bytes:
@@ -119,6 +127,15 @@ def parse_request(frame: bytes) -> tuple[int, list[Any]]:
         if type(values) is not list or len(values) != len(keys):
             _fail("MSET needs an array of values as long as its array of keys")
         _check_types(values, bytes, "value")
+    elif op == MSET_SHM:
+        keys, segment, lengths = _check_keys(args[0]), args[1], args[2]
+        if type(segment) is not str or not _STAGING_SEGMENT.fullmatch(segment):
+            _fail("MSET_SHM needs a staging segment named s<pid>.<n>")
+        if type(lengths) is not list or len(lengths) != len(keys):
+            _fail("MSET_SHM needs an array of lengths as long as its array of keys")
+        _check_types(lengths, int, "length")
+        if lengths and min(lengths) < 0:
+            _fail("MSET_SHM lengths must not be negative")
     elif op == KEYS and args[0] is not None and type(args[0]) is not str:
         _fail(f"prefix is {type(args[0]).__name__}, expected str or nil")
     return op, args

@@ -28,8 +28,17 @@ import tempfile
 from dataclasses import dataclass
 
 from ._errors import StoreError, StoreNotFoundError, StorePermissionError
+from ._layout import segment_prefix
+from ._segment import unlink_segment
 
-__all__ = ["StorePaths", "claim", "default_runtime_dir", "new_name", "private_dir"]
+__all__ = [
+    "StorePaths",
+    "claim",
+    "default_runtime_dir",
+    "new_name",
+    "private_dir",
+    "remove_segments",
+]
 
 AUTHKEY_BYTES = 32
 # sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
@@ -105,6 +114,15 @@ class StorePaths:
     def key(self) -> str:
         return os.path.join(self.directory, f"{self.name}.key")
 
+    @property
+    def segment_prefix(self) -> str:
+        """The POSIX name prefix of the store's shared-memory segments."""
+        return segment_prefix(self.directory, self.name)
+
+    def remove_segments(self, suffix: str = "") -> None:
+        """Unlink the store's segments whose names start with prefix + ``suffix``."""
+        remove_segments(self.segment_prefix + suffix)
+
     def read_key(self) -> bytes:
         """The store's authkey.
 
@@ -126,7 +144,8 @@ class StorePaths:
         return key
 
     def remove(self, authkey: bytes | None = None) -> None:
-        """Unlink the socket and the key; missing files are ignored.
+        """Unlink the socket, the key and the shared-memory segments; missing ones are
+        ignored.
 
         :param authkey: remove them only if the key file still holds this key (or is
             gone): once a manager has died, its name may have been claimed by a new
@@ -141,6 +160,20 @@ class StorePaths:
         for path in (self.socket, self.key):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+        self.remove_segments()
+
+
+def remove_segments(prefix: str) -> None:
+    """Unlink every shared-memory segment whose POSIX name starts with ``prefix``.
+    Linux shows them as files in /dev/shm; elsewhere this does nothing."""
+    try:
+        entries = os.listdir("/dev/shm")
+    except OSError:
+        return
+    bare = prefix.lstrip("/")
+    for entry in entries:
+        if entry.startswith(bare):
+            unlink_segment("/" + entry)
 
 
 def _is_stale(paths: StorePaths) -> bool:

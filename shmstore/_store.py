@@ -9,6 +9,8 @@ exactly one request, so a bad item never leaves half a batch applied.
 from __future__ import annotations
 
 import asyncio
+import itertools
+import os
 import reprlib
 import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -17,6 +19,7 @@ from typing import Any, TypeVar
 import msgpack
 
 from . import _protocol as proto
+from . import _reader
 from ._client import Client
 from ._errors import (
     InvalidBatchError,
@@ -26,7 +29,9 @@ from ._errors import (
     StoreClosedError,
 )
 from ._launcher import ManagerProcess
+from ._reader import DirectReader
 from ._runtime import StorePaths, claim, default_runtime_dir, new_name
+from ._segment import Segment, unlink_segment
 
 try:
     from langchain_core.stores import BaseStore
@@ -41,6 +46,13 @@ _Self = TypeVar("_Self", bound="_SharedStoreBase[Any]")
 #: Largest request, in bytes of its encoded frame, that a manager accepts. A larger
 #: batch raises :class:`LimitExceededError` before anything is sent.
 MAX_FRAME_BYTES = 1 << 30
+
+#: An ``mset`` whose values add up to more bytes than this goes through a shared-memory
+#: staging segment instead of the socket: the manager copies each value once, from the
+#: staging segment into the arena.
+STAGE_MIN_BYTES = 256 << 10
+
+_stage_numbers = itertools.count()
 
 _short = reprlib.Repr()
 _short.maxstring = _short.maxother = 60
@@ -94,6 +106,7 @@ class _SharedStoreBase(BaseStore[str, V]):
     ) -> None:
         self._paths = paths
         self._client = Client(paths, authkey)
+        self._reader: DirectReader | None = None
         self._manager = manager
         # Stops the manager if the owner drops the store without closing it, or exits.
         self._stop_manager = weakref.finalize(self, manager.stop) if manager else None
@@ -146,6 +159,9 @@ class _SharedStoreBase(BaseStore[str, V]):
         which every proxy of the store, in every process, raises
         :class:`StoreConnectionError`; elsewhere it only disconnects. Idempotent."""
         self._client.close()
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
         if self._stop_manager is not None:
             self._stop_manager()
 
@@ -185,12 +201,26 @@ class _SharedStoreBase(BaseStore[str, V]):
         if self._client.closed:
             raise StoreClosedError(f"store {self.name!r} is closed")
 
-    def _mget_frame(self, keys: Iterable[str]) -> bytes | None:
-        key_list = _key_list(keys)
-        self._check_open()
-        return self._frame(proto.MGET, key_list) if key_list else None
+    def _read_direct(self, keys: list[str]) -> list[bytes | None] | None:
+        """The raw values read straight from shared memory, or ``None`` when the
+        manager must answer (direct reads off, segments not mapped, or no consistent
+        read in a few tries)."""
+        if not _reader.DIRECT_READS:
+            return None
+        reader = self._reader
+        if reader is None:
+            try:
+                reader = self._reader = DirectReader(self._paths.segment_prefix)
+            except (OSError, ValueError):
+                return None  # the manager answers, or its absence raises
+        values = reader.get_many([key.encode("utf-8", "surrogatepass") for key in keys])
+        if values is not None:
+            self._client.check_manager()  # never return a dead store's memory
+        return values
 
-    def _mset_frame(self, key_value_pairs: Iterable[tuple[str, V]]) -> bytes | None:
+    def _mset_batch(
+        self, key_value_pairs: Iterable[tuple[str, V]]
+    ) -> tuple[list[str], list[bytes]] | None:
         pairs = list(key_value_pairs)
         keys: list[str] = []
         values: list[Any] = []
@@ -210,7 +240,28 @@ class _SharedStoreBase(BaseStore[str, V]):
                 _check_key(key, i)
         encoded = self._encode_values(values)
         self._check_open()
-        return self._frame(proto.MSET, keys, encoded) if keys else None
+        return (keys, encoded) if keys else None
+
+    def _mset_request(self, keys: list[str], values: list[bytes]) -> tuple[bytes, Segment | None]:
+        """The request frame, and the staging segment it names if the values are large.
+
+        :raises StoreFullError: ``/dev/shm`` has no room to stage them (nothing sent).
+        """
+        total = sum(map(len, values))
+        if total <= STAGE_MIN_BYTES:
+            return self._frame(proto.MSET, keys, values), None
+        suffix = f"s{os.getpid()}.{next(_stage_numbers)}"
+        segment = Segment.create(self._paths.segment_prefix + suffix, total)
+        try:
+            segment.reserve(0, total)
+            buf, offset = segment.buf, 0
+            for value in values:
+                buf[offset : offset + len(value)] = value
+                offset += len(value)
+            return self._frame(proto.MSET_SHM, keys, suffix, [len(v) for v in values]), segment
+        except BaseException:
+            _unstage(segment)
+            raise
 
     def _mdelete_frame(self, keys: Iterable[str]) -> bytes | None:
         key_list = _key_list(keys)
@@ -239,8 +290,14 @@ class _SharedStoreBase(BaseStore[str, V]):
         :raises InvalidKeyError: a key is not a ``str`` (nothing is sent).
         :raises StoreConnectionError: the manager cannot be reached.
         """
-        frame = self._mget_frame(keys)
-        return self._decode_values(self._client.request(frame)) if frame else []
+        key_list = _key_list(keys)
+        self._check_open()
+        if not key_list:
+            return []
+        values = self._read_direct(key_list)
+        if values is None:
+            values = self._client.request(self._frame(proto.MGET, key_list))
+        return self._decode_values(values)
 
     def mset(self, key_value_pairs: Iterable[tuple[str, V]]) -> None:
         """Set the pairs, in order, so the last value of a repeated key wins.
@@ -255,9 +312,15 @@ class _SharedStoreBase(BaseStore[str, V]):
         :raises LimitExceededError: the batch encodes to over ``MAX_FRAME_BYTES``.
         :raises StoreConnectionError: the manager cannot be reached.
         """
-        frame = self._mset_frame(key_value_pairs)
-        if frame:
+        batch = self._mset_batch(key_value_pairs)
+        if batch is None:
+            return
+        frame, staged = self._mset_request(*batch)
+        try:
             self._client.request(frame)
+        finally:
+            if staged is not None:
+                _unstage(staged)
 
     def mdelete(self, keys: Iterable[str]) -> None:
         """Delete ``keys``; keys that are not in the store are ignored. Atomic like ``mset``.
@@ -280,15 +343,29 @@ class _SharedStoreBase(BaseStore[str, V]):
         yield from self._client.request(self._keys_frame(prefix))
 
     async def amget(self, keys: Iterable[str]) -> list[V | None]:
-        """Async :meth:`mget`: one executor hop per call."""
-        frame = self._mget_frame(keys)
-        return self._decode_values(await self._arequest(frame)) if frame else []
+        """Async :meth:`mget`: a direct read runs in the caller's thread (it never
+        waits for another process); a read the manager must answer takes one executor
+        hop."""
+        key_list = _key_list(keys)
+        self._check_open()
+        if not key_list:
+            return []
+        values = self._read_direct(key_list)
+        if values is None:
+            values = await self._arequest(self._frame(proto.MGET, key_list))
+        return self._decode_values(values)
 
     async def amset(self, key_value_pairs: Iterable[tuple[str, V]]) -> None:
         """Async :meth:`mset`: one executor hop per call."""
-        frame = self._mset_frame(key_value_pairs)
-        if frame:
+        batch = self._mset_batch(key_value_pairs)
+        if batch is None:
+            return
+        frame, staged = self._mset_request(*batch)
+        try:
             await self._arequest(frame)
+        finally:
+            if staged is not None:
+                _unstage(staged)
 
     async def amdelete(self, keys: Iterable[str]) -> None:
         """Async :meth:`mdelete`: one executor hop per call."""
@@ -384,6 +461,13 @@ class SharedStore(_SharedStoreBase[Any]):
             )
             for raw in values
         ]
+
+
+def _unstage(segment: Segment) -> None:
+    # The manager unlinks a staging segment once it has copied it; this covers a
+    # request that never reached it.
+    segment.close()
+    unlink_segment(segment.name)
 
 
 # Proxies rebuilt from pickles in this process, by class and address. A worker that

@@ -1,43 +1,269 @@
-"""The manager's key-value state.
+"""The manager's key-value state, in shared memory (layout: :mod:`shmstore._layout`).
 
-Only the manager process touches a :class:`Table`, one request at a time, so every method
-runs to completion before the next request is looked at: that is what makes each batch
-atomic to every other process. The interface is batch-shaped on purpose, so the storage
-behind it (a dict today; shared-memory segments next) can change without touching the
-manager loop or the proxies.
+Only the manager writes, one batch at a time under its table lock, so the methods here
+need no lock of their own; each write batch is wrapped in the store-wide seqlock so
+readers in other processes either see it whole or read again. Before a batch changes
+anything, :meth:`Table._make_room` grows the index and reserves every arena byte the
+batch could need, so running out of ``/dev/shm`` raises :class:`StoreFullError` with
+nothing of the batch applied.
+
+Space of overwritten and deleted entries goes to a free list per entry size and is
+reused by later entries of the same size (the common case for a cache of embeddings);
+it is not coalesced or returned to the system while the store lives.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from . import _layout as L
+from ._segment import Segment, unlink_segment
+
 __all__ = ["Table"]
+
+#: Virtual size of an arena segment; pages are reserved as they are used.
+ARENA_BYTES = 256 << 20
+#: Granularity of page reservation in an arena segment.
+RESERVE_STEP = 256 << 10
+INITIAL_CAPACITY = 1024
+
+_W = L.SLOT_WORDS
+
+
+def _encode(key: str) -> bytes:
+    return key.encode("utf-8", "surrogatepass")
 
 
 class Table:
-    """A ``str -> bytes`` map with the batch semantics of ``InMemoryByteStore``."""
+    """A ``str -> bytes`` map with ``InMemoryByteStore``'s batch semantics, kept in the
+    shared-memory segments named by ``prefix`` (created here, removed by :meth:`close`)."""
 
-    def __init__(self) -> None:
-        self._data: dict[str, bytes] = {}
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._segments: list[Segment] = []
+        self._ctl = self._create(L.ctl_name(prefix), L.CTL_BYTES)
+        self._ctl.reserve(0, L.CTL_BYTES)
+        self._header = memoryview(self._ctl.buf).cast("Q")
+        self._header[L.W_MAGIC] = L.MAGIC
+        self._header[L.W_VERSION] = L.VERSION
+        self._index: Segment | None = None
+        self._slots = memoryview(b"").cast("Q")
+        self._capacity = 0
+        self._used = 0  # slots not empty: live entries and tombstones
+        self._live = self._live_bytes = self._next_order = 0
+        self._arenas: dict[int, Segment] = {}
+        self._arena_id = 0
+        self._bump = self._reserved_to = 0
+        self._free: dict[int, list[int]] = {}
+        self._rebuild_index(INITIAL_CAPACITY)
 
     def __len__(self) -> int:
-        return len(self._data)
+        return self._live
+
+    # -- reads (the manager's own, for proxies that cannot read directly) --------------
 
     def get_many(self, keys: list[str]) -> list[bytes | None]:
         """The value of each key in order, ``None`` for a miss; duplicates are kept."""
-        get = self._data.get
-        return [get(key) for key in keys]
-
-    def set_many(self, keys: list[str], values: list[bytes]) -> None:
-        """Store the pairs in order, so the last value of a repeated key wins."""
-        self._data.update(zip(keys, values, strict=True))
-
-    def delete_many(self, keys: list[str]) -> None:
-        """Remove the keys; missing ones are ignored."""
-        pop = self._data.pop
+        out: list[bytes | None] = []
+        slots = self._slots
         for key in keys:
-            pop(key, None)
+            kb = _encode(key)
+            i = self._find(kb, L.key_hash(kb))
+            if i < 0:
+                out.append(None)
+            else:
+                ref, vlen = slots[i * _W + L.S_REF], slots[i * _W + L.S_VLEN]
+                buf, off = self._arenas[ref >> L.OFFSET_BITS].buf, (ref & L.OFFSET_MASK) + len(kb)
+                out.append(buf[off : off + vlen])
+        return out
 
     def keys(self, prefix: str | None) -> list[str]:
         """The keys for which ``key.startswith(prefix)``, in insertion order; all if ``None``."""
-        if not prefix:
-            return list(self._data)
-        return [key for key in self._data if key.startswith(prefix)]
+        slots = self._slots
+        refs = slots[L.S_REF :: _W].tolist()
+        orders = slots[L.S_ORDER :: _W].tolist()
+        lengths = slots[L.S_HASH_KLEN :: _W].tolist()
+        found = sorted(
+            (orders[i], self._key_at(ref, lengths[i] >> 32))
+            for i, ref in enumerate(refs)
+            if ref > L.DELETED
+        )
+        keys = [kb.decode("utf-8", "surrogatepass") for _, kb in found]
+        return [k for k in keys if k.startswith(prefix)] if prefix else keys
+
+    # -- writes ---------------------------------------------------------------------
+
+    def set_many(self, keys: Sequence[str], values: Sequence[Any]) -> None:
+        """Store the pairs in order, so the last value of a repeated key wins.
+
+        :param values: bytes-like objects, as many as ``keys``.
+        :raises StoreFullError: ``/dev/shm`` cannot hold the batch; nothing was applied.
+        """
+        encoded = [_encode(k) for k in keys]
+        lengths = [len(memoryview(v)) for v in values]
+        need = sum(L.entry_bytes(len(kb), n) for kb, n in zip(encoded, lengths, strict=True))
+        self._make_room(need, len(encoded))
+        with self._write_window():
+            for kb, value, n in zip(encoded, values, lengths, strict=True):
+                self._put(kb, value, n)
+
+    def delete_many(self, keys: list[str]) -> None:
+        """Remove the keys; missing ones are ignored."""
+        slots = self._slots
+        with self._write_window():
+            for key in keys:
+                kb = _encode(key)
+                i = self._find(kb, L.key_hash(kb))
+                if i < 0:
+                    continue
+                base = i * _W
+                vlen = slots[base + L.S_VLEN]
+                self._release(slots[base + L.S_REF], L.entry_bytes(len(kb), vlen))
+                slots[base + L.S_REF] = L.DELETED
+                self._live -= 1
+                self._live_bytes -= vlen
+
+    def close(self) -> None:
+        """Unmap and unlink every segment of the store."""
+        self._header.release()
+        self._slots.release()
+        for segment in self._segments:
+            segment.close()
+            unlink_segment(segment.name)
+        self._segments.clear()
+
+    # -- internals --------------------------------------------------------------------
+
+    def _create(self, name: str, size: int) -> Segment:
+        segment = Segment.create(name, size)
+        self._segments.append(segment)
+        return segment
+
+    def _write_window(self) -> _WriteWindow:
+        return _WriteWindow(self)
+
+    def _publish_counts(self) -> None:
+        header = self._header
+        header[L.W_LIVE_KEYS] = self._live
+        header[L.W_LIVE_BYTES] = self._live_bytes
+        header[L.W_NEXT_ORDER] = self._next_order
+
+    def _key_at(self, ref: int, key_len: int) -> bytes:
+        off = ref & L.OFFSET_MASK
+        return self._arenas[ref >> L.OFFSET_BITS].buf[off : off + key_len]
+
+    def _find(self, kb: bytes, h: int) -> int:
+        """The slot holding ``kb``, or ``-(slot to insert it at) - 1``."""
+        slots, mask = self._slots, self._capacity - 1
+        want = h | len(kb) << 32
+        i, free = h & mask, -1
+        while True:
+            base = i * _W
+            ref = slots[base + L.S_REF]
+            if ref == L.EMPTY:
+                return -(i if free < 0 else free) - 1
+            if ref == L.DELETED:
+                if free < 0:
+                    free = i
+            elif slots[base + L.S_HASH_KLEN] == want and self._key_at(ref, len(kb)) == kb:
+                return i
+            i = (i + 1) & mask
+
+    def _put(self, kb: bytes, value: Any, n: int) -> None:
+        slots = self._slots
+        ref = self._allocate(L.entry_bytes(len(kb), n))
+        buf, off = self._arenas[ref >> L.OFFSET_BITS].buf, ref & L.OFFSET_MASK
+        buf[off : off + len(kb)] = kb
+        buf[off + len(kb) : off + len(kb) + n] = value
+        h = L.key_hash(kb)
+        i = self._find(kb, h)
+        if i >= 0:  # an overwrite keeps the key's place in the order, as a dict does
+            base = i * _W
+            old_vlen = slots[base + L.S_VLEN]
+            self._release(slots[base + L.S_REF], L.entry_bytes(len(kb), old_vlen))
+            slots[base + L.S_REF] = ref
+            slots[base + L.S_VLEN] = n
+            self._live_bytes += n - old_vlen
+            return
+        base = (-i - 1) * _W
+        if slots[base + L.S_REF] == L.EMPTY:
+            self._used += 1
+        slots[base + L.S_HASH_KLEN] = h | len(kb) << 32
+        slots[base + L.S_VLEN] = n
+        slots[base + L.S_ORDER] = self._next_order
+        slots[base + L.S_EXPIRES] = 0
+        slots[base + L.S_REF] = ref
+        self._next_order += 1
+        self._live += 1
+        self._live_bytes += n
+
+    def _allocate(self, size: int) -> int:
+        free = self._free.get(size)
+        if free:
+            return free.pop()
+        ref = self._arena_id << L.OFFSET_BITS | self._bump
+        self._bump += size
+        return ref
+
+    def _release(self, ref: int, size: int) -> None:
+        self._free.setdefault(size, []).append(ref)
+
+    def _make_room(self, need: int, new_keys: int) -> None:
+        """Grow the index and reserve ``need`` arena bytes past the bump pointer, so the
+        batch that follows cannot fail half-applied."""
+        if self._used + new_keys > L.MAX_LOAD * self._capacity:
+            capacity = max(INITIAL_CAPACITY, self._capacity)
+            while (self._live + new_keys) > L.MAX_LOAD * capacity / 2:
+                capacity *= 2
+            self._rebuild_index(capacity)
+        arena = self._arenas.get(self._arena_id)
+        if arena is None or self._bump + need > arena.size:
+            size = max(ARENA_BYTES, -(-need // RESERVE_STEP) * RESERVE_STEP)
+            arena = self._create(L.arena_name(self._prefix, self._arena_id + 1), size)
+            self._arena_id += 1
+            self._arenas[self._arena_id] = arena
+            self._bump = self._reserved_to = 0
+        if self._bump + need > self._reserved_to:
+            end = min(arena.size, -(-(self._bump + need) // RESERVE_STEP) * RESERVE_STEP)
+            arena.reserve(self._reserved_to, end - self._reserved_to)
+            self._reserved_to = end
+
+    def _rebuild_index(self, capacity: int) -> None:
+        """Copy the live slots into a new index of ``capacity`` slots and switch to it."""
+        generation = self._header[L.W_INDEX_GEN] + 1
+        segment = self._create(L.index_name(self._prefix, generation), capacity * _W * 8)
+        segment.reserve(0, segment.size)
+        new = memoryview(segment.buf).cast("Q")
+        old, mask = self._slots, capacity - 1
+        for base in range(0, len(old), _W):
+            if old[base + L.S_REF] > L.DELETED:
+                i = (old[base + L.S_HASH_KLEN] & 0xFFFFFFFF) & mask
+                while new[i * _W + L.S_REF] != L.EMPTY:
+                    i = (i + 1) & mask
+                new[i * _W : i * _W + _W] = old[base : base + _W]
+        with self._write_window():
+            self._header[L.W_INDEX_GEN] = generation
+            self._header[L.W_INDEX_CAPACITY] = capacity
+        retired = self._index
+        self._index, self._slots, self._capacity, self._used = segment, new, capacity, self._live
+        old.release()
+        if retired is not None:  # readers still mapping it keep their mapping
+            self._segments.remove(retired)
+            retired.close()
+            unlink_segment(retired.name)
+
+
+class _WriteWindow:
+    """The seqlock's write side: SEQ is odd from entry to exit, and the counts a reader
+    may show are published before SEQ turns even."""
+
+    def __init__(self, table: Table) -> None:
+        self._table = table
+
+    def __enter__(self) -> None:
+        self._table._header[L.W_SEQ] += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._table._publish_counts()
+        self._table._header[L.W_SEQ] += 1

@@ -224,10 +224,13 @@ def run_conformance_suites(stores: dict, module_path: str) -> int:
     import pytest
 
     INHERITED_STORES.update(stores)
-    for store in stores.values():
-        # Connect now: the proxies' one connection each lives for the whole run and
-        # must not count as a descriptor leaked by the first test that uses it.
-        list(store.yield_keys())
+    for name, store in stores.items():
+        # Connect and map the segments now: the proxies' connection and mappings (an
+        # mmap keeps a descriptor) live for the whole run and must not count as
+        # descriptors leaked by the first test that uses them.
+        store.mset([("warm-up", b"x" if name == "SharedByteStore" else "x")])
+        store.mget(["warm-up"])
+        store.mdelete(["warm-up"])
     args = [module_path, "-q", "-p", "no:cacheprovider", "-p", "no:xdist", "-k", "Standard"]
     try:
         return int(pytest.main(args))

@@ -17,7 +17,11 @@ import tempfile
 
 import pytest
 
+from shmstore._layout import directory_prefix
+
 _RUNTIME_DIR = tempfile.mkdtemp(prefix="shmstore-test-")
+# Segments of this process's stores; other xdist workers' have another directory tag.
+_SEGMENTS = directory_prefix(_RUNTIME_DIR).lstrip("/")
 os.environ["SHMSTORE_RUNTIME_DIR"] = _RUNTIME_DIR
 # Removed by whichever process imported this file: an xdist worker, the xdist
 # controller (which runs no session fixture), or a child running the suites.
@@ -50,7 +54,7 @@ def _snapshot() -> dict[str, set[object]]:
         "child processes": set(_children()),
         "file descriptors": set(os.listdir("/proc/self/fd")),
         "runtime-dir entries": set(os.listdir(_RUNTIME_DIR)),
-        "/dev/shm entries": {e for e in os.listdir("/dev/shm") if e.startswith("shmstore")},
+        "/dev/shm entries": {e for e in os.listdir("/dev/shm") if e.startswith(_SEGMENTS)},
     }
 
 

@@ -12,7 +12,7 @@ import stat
 import pytest
 
 import shmstore
-from shmstore import _store
+from shmstore import _reader, _store
 from shmstore._client import Client
 from shmstore._runtime import StorePaths
 from tests import _workers
@@ -206,8 +206,7 @@ def test_client_without_the_authkey_is_refused_and_others_are_served(byte_store)
 
 
 def test_interrupt_between_send_and_reply_discards_the_connection(byte_store, monkeypatch):
-    byte_store.mset([("a", b"A"), ("b", b"B")])
-    byte_store.mget(["a"])  # connected
+    byte_store.mset([("a", b"A"), ("b", b"B")])  # connected
     connection = byte_store._client._connection
 
     def interrupted(*args):
@@ -215,10 +214,10 @@ def test_interrupt_between_send_and_reply_discards_the_connection(byte_store, mo
 
     monkeypatch.setattr(connection, "recv_bytes", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        byte_store.mget(["a"])  # sent; its reply is never read
+        list(byte_store.yield_keys(prefix="a"))  # sent; its reply is never read
     # The reply to the interrupted request is still in the old socket; a reused
-    # connection would return [b"A"] here.
-    assert byte_store.mget(["b"]) == [b"B"]
+    # connection would return ["a"] here.
+    assert list(byte_store.yield_keys(prefix="b")) == ["b"]
     assert byte_store._client._connection is not connection
 
 
@@ -243,7 +242,13 @@ class _CountingExecutor(concurrent.futures.ThreadPoolExecutor):
         return super().submit(*args, **kwargs)
 
 
-async def test_async_calls_hop_to_a_thread_once_per_call_not_per_key(byte_store):
+@pytest.mark.parametrize(("direct", "hops"), [(True, 3), (False, 4)], ids=["direct", "manager"])
+async def test_async_calls_hop_to_a_thread_once_per_call_not_per_key(
+    byte_store, monkeypatch, direct, hops
+):
+    # amget reads shared memory in the caller's thread; only requests hop.
+    monkeypatch.setattr(_reader, "DIRECT_READS", direct)
+    _CountingExecutor.submitted = 0
     executor = _CountingExecutor(1)
     asyncio.get_running_loop().set_default_executor(executor)
     await byte_store.amset([(f"k{i}", b"v") for i in range(100)])
@@ -252,7 +257,7 @@ async def test_async_calls_hop_to_a_thread_once_per_call_not_per_key(byte_store)
     await byte_store.amdelete(keys)
     executor.shutdown()
     assert len(keys) == 100 and values == [b"v"] * 100
-    assert _CountingExecutor.submitted == 4
+    assert _CountingExecutor.submitted == hops
 
 
 def test_keys_listed_in_insertion_order_as_of_one_moment(byte_store):

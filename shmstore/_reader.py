@@ -1,0 +1,129 @@
+"""Direct reads: a proxy looks keys up in the store's shared memory itself, without a
+request to the manager (layout and seqlock: :mod:`shmstore._layout`).
+
+A read is optimistic. The reader notes SEQ, looks every key of the batch up and copies
+its value out, then checks SEQ again: equal and even means no write overlapped, so the
+whole batch is as of one moment; otherwise it tries again, and after
+:data:`ATTEMPTS` tries it gives up and the proxy asks the manager. While a write
+overlaps, what the reader sees may be torn, freed or reused, so every length and offset
+is bounds-checked before use and any failure of a torn read only means "try again".
+
+Direct reads are on where the seqlock's memory-ordering argument holds: x86-64, whose
+loads are not reordered with other loads nor stores with other stores. Elsewhere, or
+with ``SHMSTORE_DIRECT_READS=0`` in the environment, every read goes to the manager.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+from . import _layout as L
+from ._segment import Segment
+
+__all__ = ["ATTEMPTS", "DIRECT_READS", "DirectReader"]
+
+#: Whether proxies read shared memory directly (see the module docstring).
+DIRECT_READS = platform.machine().lower() in {"x86_64", "amd64"} and os.environ.get(
+    "SHMSTORE_DIRECT_READS", "1"
+) not in {"0", "false", "no", "off"}
+
+#: Optimistic reads of a batch before falling back to the manager.
+ATTEMPTS = 3
+
+_W = L.SLOT_WORDS
+
+
+class _Torn(Exception):
+    """What was read does not add up: a write overlapped."""
+
+
+class DirectReader:
+    """Read-only mappings of one store's segments, and lookups in them.
+
+    :raises FileNotFoundError: the store's segments do not exist (any more).
+    :raises ValueError: they are of another layout version.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self._prefix = prefix
+        self._ctl = Segment.open(L.ctl_name(prefix))
+        self._header = memoryview(self._ctl.buf).cast("Q")
+        if self._header[L.W_MAGIC] != L.MAGIC or self._header[L.W_VERSION] != L.VERSION:
+            self.close()
+            raise ValueError(f"segment {L.ctl_name(prefix)!r} is not a version {L.VERSION} store")
+        self._generation = 0
+        self._index: Segment | None = None
+        self._slots = memoryview(b"").cast("Q")
+        self._mask = -1
+        self._arenas: dict[int, bytes] = {}  # segment id -> its mmap
+
+    def get_many(self, encoded_keys: list[bytes]) -> list[bytes | None] | None:
+        """The values of the keys (UTF-8 with surrogatepass), as of one moment, or
+        ``None`` if no consistent read was had in :data:`ATTEMPTS` tries."""
+        header = self._header
+        for _ in range(ATTEMPTS):
+            seq = header[L.W_SEQ]
+            if seq & 1:
+                continue
+            try:
+                if header[L.W_INDEX_GEN] != self._generation:
+                    self._map_index(header[L.W_INDEX_GEN], header[L.W_INDEX_CAPACITY])
+                values = [self._get(kb) for kb in encoded_keys]
+            except (_Torn, OSError, ValueError, IndexError):
+                continue
+            if header[L.W_SEQ] == seq:
+                return values
+        return None
+
+    def _get(self, kb: bytes) -> bytes | None:
+        slots, mask = self._slots, self._mask
+        h = L.key_hash(kb)
+        klen = len(kb)
+        want = h | klen << 32
+        i = h & mask
+        for _ in range(mask + 1):
+            base = i * _W
+            ref = slots[base + 1]
+            if ref == L.EMPTY:
+                return None
+            if ref != L.DELETED and slots[base] == want:
+                arena = ref >> L.OFFSET_BITS
+                buf = self._arenas.get(arena) or self._map_arena(arena)
+                off = ref & L.OFFSET_MASK
+                end = off + klen + slots[base + 2]
+                if end > len(buf):
+                    raise _Torn
+                if buf[off : off + klen] == kb:
+                    return buf[off + klen : end]
+            i = (i + 1) & mask
+        raise _Torn  # a full table cannot be: the index was being rebuilt
+
+    def _map_index(self, generation: int, capacity: int) -> None:
+        segment = Segment.open(L.index_name(self._prefix, generation))
+        if capacity & (capacity - 1) or len(segment.buf) != capacity * _W * 8:
+            segment.close()
+            raise _Torn
+        old = self._index
+        self._slots.release()
+        self._index, self._generation = segment, generation
+        self._slots = memoryview(segment.buf).cast("Q")
+        self._mask = capacity - 1
+        if old is not None:
+            old.close()
+
+    def _map_arena(self, segment_id: int) -> bytes:
+        segment = Segment.open(L.arena_name(self._prefix, segment_id))
+        self._arenas[segment_id] = segment.buf  # type: ignore[assignment]
+        return segment.buf  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Drop every mapping."""
+        self._header.release()
+        self._slots.release()
+        for segment in (self._ctl, self._index):
+            if segment is not None:
+                segment.close()
+        for buf in self._arenas.values():
+            buf.close()  # type: ignore[attr-defined]
+        self._arenas.clear()

@@ -1,0 +1,96 @@
+"""POSIX shared-memory segments: named with ``posix_ipc``, mapped with ``mmap``.
+
+A segment is created owner-only (mode 0600) and exclusively (``O_CREX``), sized with
+``ftruncate`` but not yet backed: tmpfs allocates a page on first write, and a write
+to a page it cannot allocate kills the writer with SIGBUS. The writer therefore calls
+:meth:`Segment.reserve` (``posix_fallocate``) before writing into a range, which fails
+cleanly with ENOSPC instead, and readers only read ranges the index points at.
+Segments are deliberately not registered with ``multiprocessing.resource_tracker``,
+which would unlink them when the first process that used them exits (CPython #82300).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+
+import posix_ipc
+
+from ._errors import StoreError, StoreFullError
+
+__all__ = ["Segment", "unlink_segment"]
+
+
+class Segment:
+    """One mapped segment. ``buf`` is the ``mmap``; ``size`` its length in bytes."""
+
+    def __init__(self, name: str, buf: mmap.mmap, fd: int | None) -> None:
+        self.name = name
+        self.buf = buf
+        self.size = len(buf)
+        self._fd = fd  # kept by the writer only, for reserve()
+
+    @classmethod
+    def create(cls, name: str, size: int) -> Segment:
+        """Create and map a new segment of ``size`` bytes (none reserved yet).
+
+        :raises StoreError: a segment of that name exists.
+        """
+        try:
+            shm = posix_ipc.SharedMemory(name, posix_ipc.O_CREX, mode=0o600, size=size)
+        except posix_ipc.ExistentialError as exc:
+            raise StoreError(f"shared-memory segment {name!r} already exists") from exc
+        try:
+            buf = mmap.mmap(shm.fd, size)
+        except BaseException:
+            shm.close_fd()
+            posix_ipc.unlink_shared_memory(name)
+            raise
+        return cls(name, buf, shm.fd)
+
+    @classmethod
+    def open(cls, name: str) -> Segment:
+        """Map an existing segment read-only.
+
+        :raises FileNotFoundError: no segment has that name (any more).
+        """
+        try:
+            shm = posix_ipc.SharedMemory(name, 0, read_only=True)
+        except posix_ipc.ExistentialError as exc:
+            raise FileNotFoundError(errno.ENOENT, "no shared-memory segment", name) from exc
+        try:
+            buf = mmap.mmap(shm.fd, shm.size, prot=mmap.PROT_READ)
+        finally:
+            shm.close_fd()
+        return cls(name, buf, None)
+
+    def reserve(self, start: int, length: int) -> None:
+        """Allocate the pages of ``[start, start + length)`` so writing there cannot fault.
+
+        :raises StoreFullError: ``/dev/shm`` has no room.
+        """
+        assert self._fd is not None, "only the writer reserves"
+        try:
+            os.posix_fallocate(self._fd, start, length)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.ENOMEM):
+                raise StoreFullError(
+                    f"shared memory is full: no room for {length} more bytes in /dev/shm"
+                ) from exc
+            raise
+
+    def close(self) -> None:
+        """Unmap (and, for the writer, close the descriptor); the name stays."""
+        with contextlib.suppress(BufferError):  # a memoryview still exported: GC unmaps
+            self.buf.close()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def unlink_segment(name: str) -> None:
+    """Remove a segment's name; processes that mapped it keep their mapping."""
+    with contextlib.suppress(posix_ipc.ExistentialError):
+        posix_ipc.unlink_shared_memory(name)
