@@ -14,6 +14,7 @@ it is not coalesced or returned to the system while the store lives.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,8 @@ RESERVE_STEP = 256 << 10
 INITIAL_CAPACITY = 1024
 
 _W = L.SLOT_WORDS
+# A whole slot in one write, native byte order as the memoryview.cast("Q") readers use.
+_SLOT = struct.Struct(f"{L.SLOT_WORDS}Q")
 
 
 def _encode(key: str) -> bytes:
@@ -48,6 +51,7 @@ class Table:
         self._header[L.W_MAGIC] = L.MAGIC
         self._header[L.W_VERSION] = L.VERSION
         self._index: Segment | None = None
+        self._index_buf: Any = None
         self._slots = memoryview(b"").cast("Q")
         self._capacity = 0
         self._used = 0  # slots not empty: live entries and tombstones
@@ -101,12 +105,42 @@ class Table:
         :raises StoreFullError: ``/dev/shm`` cannot hold the batch; nothing was applied.
         """
         encoded = [_encode(k) for k in keys]
-        lengths = [len(memoryview(v)) for v in values]
-        need = sum(L.entry_bytes(len(kb), n) for kb, n in zip(encoded, lengths, strict=True))
-        self._make_room(need, len(encoded))
+        lengths = [v.nbytes if type(v) is memoryview else len(v) for v in values]
+        sizes = [(len(kb) + n + 7) & ~7 for kb, n in zip(encoded, lengths, strict=True)]
+        self._make_room(sum(sizes), len(encoded))
+        # One loop with everything bound locally: this is the manager's hot path.
+        slots, index_buf, arenas, free = self._slots, self._index_buf, self._arenas, self._free
+        find, crc32, pack_slot = self._find, L.key_hash, _SLOT.pack_into
         with self._write_window():
-            for kb, value, n in zip(encoded, values, lengths, strict=True):
-                self._put(kb, value, n)
+            for kb, value, n, size in zip(encoded, values, lengths, sizes, strict=True):
+                reuse = free.get(size)
+                if reuse:
+                    ref = reuse.pop()
+                else:
+                    ref = self._arena_id << L.OFFSET_BITS | self._bump
+                    self._bump += size
+                buf, off = arenas[ref >> L.OFFSET_BITS].buf, ref & L.OFFSET_MASK
+                klen = len(kb)
+                buf[off : off + klen] = kb
+                buf[off + klen : off + klen + n] = value
+                h = crc32(kb)
+                i = find(kb, h)
+                if i >= 0:  # an overwrite keeps the key's place in the order, as a dict does
+                    base = i * _W
+                    old_vlen = slots[base + L.S_VLEN]
+                    old_size = (klen + old_vlen + 7) & ~7
+                    free.setdefault(old_size, []).append(slots[base + L.S_REF])
+                    slots[base + L.S_REF] = ref
+                    slots[base + L.S_VLEN] = n
+                    self._live_bytes += n - old_vlen
+                    continue
+                base = (-i - 1) * _W
+                if slots[base + L.S_REF] == L.EMPTY:
+                    self._used += 1
+                pack_slot(index_buf, base * 8, h | klen << 32, ref, n, self._next_order, 0)
+                self._next_order += 1
+                self._live += 1
+                self._live_bytes += n
 
     def delete_many(self, keys: list[str]) -> None:
         """Remove the keys; missing ones are ignored."""
@@ -170,42 +204,6 @@ class Table:
                 return i
             i = (i + 1) & mask
 
-    def _put(self, kb: bytes, value: Any, n: int) -> None:
-        slots = self._slots
-        ref = self._allocate(L.entry_bytes(len(kb), n))
-        buf, off = self._arenas[ref >> L.OFFSET_BITS].buf, ref & L.OFFSET_MASK
-        buf[off : off + len(kb)] = kb
-        buf[off + len(kb) : off + len(kb) + n] = value
-        h = L.key_hash(kb)
-        i = self._find(kb, h)
-        if i >= 0:  # an overwrite keeps the key's place in the order, as a dict does
-            base = i * _W
-            old_vlen = slots[base + L.S_VLEN]
-            self._release(slots[base + L.S_REF], L.entry_bytes(len(kb), old_vlen))
-            slots[base + L.S_REF] = ref
-            slots[base + L.S_VLEN] = n
-            self._live_bytes += n - old_vlen
-            return
-        base = (-i - 1) * _W
-        if slots[base + L.S_REF] == L.EMPTY:
-            self._used += 1
-        slots[base + L.S_HASH_KLEN] = h | len(kb) << 32
-        slots[base + L.S_VLEN] = n
-        slots[base + L.S_ORDER] = self._next_order
-        slots[base + L.S_EXPIRES] = 0
-        slots[base + L.S_REF] = ref
-        self._next_order += 1
-        self._live += 1
-        self._live_bytes += n
-
-    def _allocate(self, size: int) -> int:
-        free = self._free.get(size)
-        if free:
-            return free.pop()
-        ref = self._arena_id << L.OFFSET_BITS | self._bump
-        self._bump += size
-        return ref
-
     def _release(self, ref: int, size: int) -> None:
         self._free.setdefault(size, []).append(ref)
 
@@ -214,8 +212,10 @@ class Table:
         batch that follows cannot fail half-applied."""
         if self._used + new_keys > L.MAX_LOAD * self._capacity:
             capacity = max(INITIAL_CAPACITY, self._capacity)
+            # Grow fourfold: each rebuild re-inserts every key, in Python, so fewer of
+            # them matter more than the index's few bytes per slot.
             while (self._live + new_keys) > L.MAX_LOAD * capacity / 2:
-                capacity *= 2
+                capacity *= 4
             self._rebuild_index(capacity)
         arena = self._arenas.get(self._arena_id)
         if arena is None or self._bump + need > arena.size:
@@ -247,6 +247,7 @@ class Table:
             self._header[L.W_INDEX_CAPACITY] = capacity
         retired = self._index
         self._index, self._slots, self._capacity, self._used = segment, new, capacity, self._live
+        self._index_buf = segment.buf
         old.release()
         if retired is not None:  # readers still mapping it keep their mapping
             self._segments.remove(retired)
