@@ -251,9 +251,9 @@ class _SharedStoreBase(BaseStore[str, V]):
         if total <= STAGE_MIN_BYTES:
             return self._frame(proto.MSET, keys, values), None
         suffix = f"s{os.getpid()}.{next(_stage_numbers)}"
-        segment = Segment.create(self._paths.segment_prefix + suffix, total)
+        segment = Segment.create(self._paths.segment_prefix + suffix, max(total, 1))
         try:
-            segment.reserve(0, total)
+            segment.reserve(0, segment.size)
             buf, offset = segment.buf, 0
             for value in values:
                 buf[offset : offset + len(value)] = value

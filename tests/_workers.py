@@ -8,6 +8,7 @@ import random
 import select
 import shutil
 import signal
+import zlib
 
 VALUE_BYTES = 1536
 
@@ -249,3 +250,85 @@ def count_sockets() -> int:
         except OSError:
             continue
     return count
+
+
+# -- the stress test --------------------------------------------------------------------
+#
+# A value carries its key, a version and a checksum of its payload, so a reader can
+# tell a torn value (checksum), a phantom (another key's value, or one never written)
+# and a stale one (older than a write acknowledged before the read began) on sight.
+
+
+def stress_value(key: str, version: int, size: int) -> bytes:
+    payload = (f"{key}/{version}/".encode() * (size // 8 + 1))[:size]
+    return f"{key}|{version}|{zlib.crc32(payload)}|".encode() + payload
+
+
+def check_stress_value(key: str, raw: bytes) -> int:
+    """The value's version; raises AssertionError for a torn or misplaced value."""
+    head_key, version, crc, payload = raw.split(b"|", 3)
+    assert head_key.decode() == key, f"phantom: {key!r} holds {head_key!r}'s value"
+    assert zlib.crc32(payload) == int(crc), f"torn value under {key!r}"
+    return int(version)
+
+
+def stress_keys(group: int, size: int) -> list[str]:
+    return [f"g{group}:k{i}" for i in range(size)]
+
+
+def stress_writer(
+    store, groups: int, group_size: int, ops: int, started, acked, ready, done
+) -> None:
+    """Overwrite or delete whole groups, growing the store as it goes (ever more keys,
+    and now and then values large enough to go through a staging segment).
+    ``started[group]`` is the version of the last operation begun on the group;
+    ``acked[group]`` that of the last one acknowledged, negative for a deletion."""
+    rng = random.Random(1)
+    ready.wait()
+    for version in range(1, ops + 1):
+        group = rng.randrange(groups)
+        keys = stress_keys(group, group_size)
+        started[group] = version
+        if rng.random() < 0.15:
+            store.mdelete(keys)
+            acked[group] = -version
+        else:
+            size = 300_000 if rng.random() < 0.02 else rng.randrange(16, 2048)
+            store.mset([(k, stress_value(k, version, size)) for k in keys])
+            acked[group] = version
+        if version % 50 == 0:  # grow: fresh keys force index rebuilds and new arena space
+            store.mset([(f"fill:{version}:{i}", b"x" * 512) for i in range(200)])
+    done.set()
+
+
+def stress_reader(
+    store, groups: int, group_size: int, started, acked, ready, done, results
+) -> None:
+    """Read whole groups until ``done``; report (reads, violations, versions seen)."""
+    rng = random.Random(os.getpid())
+    reads, violations, versions = 0, [], set()
+    ready.set()
+    while not done.is_set():
+        group = rng.randrange(groups)
+        keys = stress_keys(group, group_size)
+        before = acked[group]
+        values = store.mget(keys)
+        newer_begun = started[group] != abs(before)
+        reads += 1
+        try:
+            present = [v for v in values if v is not None]
+            if not present:
+                # Nothing there is right only if the last acknowledged operation on the
+                # group was a deletion, or a newer one (maybe a deletion) had begun.
+                assert before <= 0 or newer_begun, f"stale: group {group} lost v{before}"
+                continue
+            assert len(present) == len(values), f"half a batch in group {group}"
+            seen = {check_stress_value(k, v) for k, v in zip(keys, values, strict=True)}
+            assert len(seen) == 1, f"versions {sorted(seen)} mixed in group {group}"
+            (version,) = seen
+            assert version >= abs(before), f"stale: v{version} after v{abs(before)} was acked"
+            assert before >= 0 or version > -before, f"resurrected after delete v{-before}"
+            versions.add(version)
+        except AssertionError as exc:
+            violations.append(str(exc))
+    results.put((reads, violations[:5], len(violations), len(versions)))

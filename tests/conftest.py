@@ -58,13 +58,18 @@ def _snapshot() -> dict[str, set[object]]:
     }
 
 
+_KEPT: list[object] = []
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _long_lived_helpers() -> None:
     # multiprocessing starts the resource tracker and the forkserver once per process
-    # and keeps them (and their descriptors) for good; start them before the first
-    # snapshot so they are part of every baseline rather than reported as leaks.
+    # and keeps them (and their descriptors) for good, and so does the heap arena that
+    # shared ctypes (Array, Value) are carved from; make them before the first snapshot
+    # so they are part of every baseline rather than reported as leaks.
     multiprocessing.resource_tracker.ensure_running()
     multiprocessing.forkserver.ensure_running()
+    _KEPT.append(multiprocessing.get_context("spawn").Array("q", 1, lock=False))
     try:  # joblib's loky backend keeps a resource tracker of its own
         from joblib.externals.loky.backend import resource_tracker as loky_tracker
     except ImportError:
@@ -96,6 +101,20 @@ def no_leaks(request, _long_lived_helpers):
     leaks = {what: after[what] - before[what] for what in after if after[what] - before[what]}
     if leaks:
         pytest.fail(f"test leaked: {leaks}")
+
+
+@pytest.fixture(params=["direct", "staged", "manager"])
+def data_path(request, monkeypatch):
+    """Each way values travel: small batches over the socket with direct reads; every
+    mset staged through a shared-memory segment; every read answered by the manager
+    (direct reads switched off, as SHMSTORE_DIRECT_READS=0 does)."""
+    from shmstore import _reader, _store
+
+    if request.param == "staged":
+        monkeypatch.setattr(_store, "STAGE_MIN_BYTES", -1)
+    elif request.param == "manager":
+        monkeypatch.setattr(_reader, "DIRECT_READS", False)
+    return request.param
 
 
 @pytest.fixture(params=["SharedByteStore", "SharedStore"])

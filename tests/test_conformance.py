@@ -1,5 +1,6 @@
-"""LangChain's standard BaseStore suites against both store classes, with the proxy in
-the owner and with the proxy in a spawned child that received it by pickling."""
+"""LangChain's standard BaseStore suites against both store classes, on every data path
+(see the ``data_path`` fixture), with the proxy in the owner and with the proxy in a
+spawned child that received it by pickling."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def _empty_store(cls_name: str):
 
 class _ByteStoreFixtures:
     @pytest.fixture
-    def kv_store(self) -> BaseStore[str, bytes]:
+    def kv_store(self, data_path) -> BaseStore[str, bytes]:
         yield from _empty_store("SharedByteStore")
 
     @pytest.fixture
@@ -37,7 +38,7 @@ class _ByteStoreFixtures:
 
 class _ValueStoreFixtures:
     @pytest.fixture
-    def kv_store(self) -> BaseStore[str, object]:
+    def kv_store(self, data_path) -> BaseStore[str, object]:
         yield from _empty_store("SharedStore")
 
     @pytest.fixture

@@ -95,7 +95,7 @@ _settings = settings(
 
 
 @pytest.mark.parametrize("machine", [ByteStoreMachine, ValueStoreMachine])
-def test_proxy_matches_reference(machine):
+def test_proxy_matches_reference(machine, data_path):
     try:
         machine.TestCase.settings = _settings
         machine.TestCase().runTest()
