@@ -97,6 +97,28 @@ def reader_run(peer_cls, handle, n_keys: int, batch: int):
     return start, time.perf_counter(), n_keys
 
 
+def load_values(peer_cls, handle, n_keys: int, batch: int) -> None:
+    """Fill a store with ``n_keys`` distinct 1,536-byte values, for the memory figure."""
+    client = peer_cls.connect(handle)
+    pairs = [(k, os.urandom(VALUE_BYTES)) for k in _keys(n_keys)]
+    for chunk in _batches(pairs, batch):
+        client.mset(chunk)
+
+
+def measure_memory(peer_cls, pool, n_keys: int, batch: int) -> float | None:
+    """The peer's footprint holding ``n_keys`` values, as a multiple of their bytes."""
+    peer = peer_cls()
+    handle = peer.start()
+    try:
+        if not peer.shared:
+            return None
+        pool.apply(load_values, (peer_cls, handle, n_keys, batch))
+        footprint = peer.footprint()
+        return None if footprint is None else footprint / (n_keys * VALUE_BYTES)
+    finally:
+        peer.stop()
+
+
 def measure(peer_cls, pool, args) -> dict[str, float]:
     peer = peer_cls()
     handle = peer.start()
@@ -133,19 +155,30 @@ def main(argv: list[str] | None = None) -> None:
 
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(READERS)
-    runs: dict[str, list[dict[str, float]]] = {p.name: [] for p in peers.PEERS}
+    available = []
+    for peer_cls in peers.PEERS:
+        why = peer_cls.unavailable()
+        if why:
+            print(f"left out {peer_cls.name}: {why}")
+        else:
+            available.append(peer_cls)
+    runs: dict[str, list[dict[str, float]]] = {p.name: [] for p in available}
     with ctx.Pool(READERS, initializer=_init_worker, initargs=(barrier,)) as pool:
         # Peers take turns within each round, so a drift in the machine's state (another
         # process, the CPU's clock) falls on all of them rather than on one.
         for n in range(repeat):
-            for peer_cls in peers.PEERS:
-                runs[peer_cls.name].append(measure(peer_cls, pool, args))
+            for peer_cls in available:
+                figures = measure(peer_cls, pool, args)
+                memory = measure_memory(peer_cls, pool, args[0], args[1])
+                if memory is not None:
+                    figures["memory x payload"] = memory
+                runs[peer_cls.name].append(figures)
             print(f"round {n + 1}/{repeat} done", flush=True)
     medians = {
         name: {m: statistics.median(r[m] for r in rs) for m in rs[0]} for name, rs in runs.items()
     }
 
-    metrics = list(next(iter(medians.values())))
+    metrics = list(medians[peers.ShmStorePeer.name])
     ours = medians[peers.ShmStorePeer.name]
     print(
         f"\n{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
@@ -165,11 +198,51 @@ def main(argv: list[str] | None = None) -> None:
         for m in metrics:
             if m not in figures:
                 cells.append("—")
-            elif m.endswith("µs"):
+            elif m.endswith("µs") or m.startswith("memory"):
                 cells.append(f"{figures[m] / ours[m]:.2f}")
             else:
                 cells.append(f"{ours[m] / figures[m]:.2f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
+    _print_targets(medians)
+
+
+# The data-plane targets: (what, metric, peer, factor). A throughput must reach factor x
+# the peer's; a latency must be at most factor x the peer's.
+TARGETS = [
+    ("single-key mget <= 1/10 of Redis", "1-key mget µs", peers.RedisPeer, 1 / 10),
+    (
+        "single-key mget <= 1/6 of batched BaseManager",
+        "1-key mget µs",
+        peers.BatchedBaseManagerPeer,
+        1 / 6,
+    ),
+    ("batched mget >= 2x Redis", "mget keys/s", peers.RedisPeer, 2.0),
+    ("batched mget >= 1.5x batched BaseManager", "mget keys/s", peers.BatchedBaseManagerPeer, 1.5),
+    ("batched mset >= 1.5x Redis", "mset keys/s", peers.RedisPeer, 1.5),
+    ("1 MiB mget >= 2x Redis", "1 MiB mget MB/s", peers.RedisPeer, 2.0),
+    ("1 MiB mget >= 0.8x LMDB", "1 MiB mget MB/s", peers.LmdbPeer, 0.8),
+    ("1 MiB mset >= 2x Redis", "1 MiB mset MB/s", peers.RedisPeer, 2.0),
+    ("4 readers >= 2x Redis", "4 readers keys/s", peers.RedisPeer, 2.0),
+]
+
+
+def _print_targets(medians: dict[str, dict[str, float]]) -> None:
+    ours = medians[peers.ShmStorePeer.name]
+    print("\ntargets:\n")
+    print("| target | shmstore / peer | met |")
+    print("|---|---|---|")
+    for what, metric, peer_cls, factor in TARGETS:
+        theirs = medians.get(peer_cls.name, {}).get(metric)
+        if theirs is None:
+            print(f"| {what} | (peer not run) | — |")
+            continue
+        ratio = ours[metric] / theirs
+        met = ratio <= factor if metric.endswith("µs") else ratio >= factor
+        print(f"| {what} | {ratio:.2f} | {'yes' if met else 'NO'} |")
+    memory = ours.get("memory x payload")
+    if memory is not None:
+        verdict = "yes" if memory <= 1.3 else "NO"
+        print(f"| memory <= 1.3x payload (manager RssAnon + segments) | {memory:.2f} | {verdict} |")
 
 
 if __name__ == "__main__":

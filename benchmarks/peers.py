@@ -3,15 +3,43 @@
 Each peer is started in the benchmark's main process (:meth:`Peer.start` returns a
 picklable handle) and used from worker processes through :meth:`Peer.connect`, which
 returns a client with ``mset(pairs)`` and ``mget(keys)``, each one batch, used the way
-that peer's users would batch. Add a peer by subclassing :class:`Peer` and listing it
-in :data:`PEERS`.
+that peer's users would batch. :meth:`Peer.footprint` is the memory it holds: its
+server's private (anonymous) resident memory plus what it keeps in shared memory or
+files. Add a peer by subclassing :class:`Peer` and listing it in :data:`PEERS`; a peer
+whose software is missing reports why and is left out of the run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import shutil
+import subprocess
+import tempfile
+import time
 from multiprocessing.managers import BaseManager
 from typing import Any
+
+
+def rss_anon(pid: int) -> int:
+    """A process's private resident memory in bytes (shared mappings not counted)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise ValueError(f"no RssAnon for pid {pid}")
+
+
+def allocated(path: str) -> int:
+    """Bytes allocated on disk (or tmpfs) for a file or everything under a directory."""
+    if os.path.isfile(path):
+        return os.stat(path).st_blocks * 512
+    return sum(
+        os.stat(os.path.join(root, name)).st_blocks * 512
+        for root, _, names in os.walk(path)
+        for name in names
+    )
 
 
 class Peer:
@@ -30,6 +58,15 @@ class Peer:
         """In a worker: an object with mset(pairs) and mget(keys)."""
         raise NotImplementedError
 
+    def footprint(self) -> int | None:
+        """Bytes of memory the running store holds, or None if not measured."""
+        return None
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """Why this peer cannot run here, or None."""
+        return None
+
 
 class ShmStorePeer(Peer):
     name = "shmstore SharedByteStore"
@@ -46,6 +83,15 @@ class ShmStorePeer(Peer):
     @staticmethod
     def connect(handle):
         return handle
+
+    def footprint(self):
+        prefix = self._store._paths.segment_prefix.lstrip("/")
+        segments = sum(
+            allocated(os.path.join("/dev/shm", e))
+            for e in os.listdir("/dev/shm")
+            if e.startswith(prefix)
+        )
+        return rss_anon(self._store.manager_pid) + segments
 
 
 class InMemoryPeer(Peer):
@@ -86,6 +132,9 @@ class ManagerDictPeer(Peer):
     @staticmethod
     def connect(handle):
         return _DictProxyClient(handle)
+
+    def footprint(self):
+        return rss_anon(self._manager._process.pid)
 
 
 class _BatchedTable:
@@ -130,6 +179,9 @@ class BatchedBaseManagerPeer(Peer):
     def stop(self):
         self._manager.shutdown()
 
+    def footprint(self):
+        return rss_anon(self._manager._process.pid)
+
     @staticmethod
     def connect(handle):
         address, authkey = handle
@@ -138,4 +190,178 @@ class BatchedBaseManagerPeer(Peer):
         return manager.table()
 
 
-PEERS: list[type[Peer]] = [ShmStorePeer, BatchedBaseManagerPeer, ManagerDictPeer, InMemoryPeer]
+class _RedisClient:
+    def __init__(self, path):
+        import redis
+
+        self._redis = redis.Redis(unix_socket_path=path)
+
+    def mset(self, pairs):
+        self._redis.mset(dict(pairs))
+
+    def mget(self, keys):
+        return self._redis.mget(keys)
+
+
+class RedisPeer(Peer):
+    """Debian's redis-server on a unix socket, no persistence; redis-py with hiredis."""
+
+    name = "Redis, unix socket (redis-py + hiredis)"
+
+    @classmethod
+    def unavailable(cls):
+        if shutil.which("redis-server") is None:
+            return "redis-server is not installed (apt-get install redis-server)"
+        try:
+            import hiredis  # noqa: F401
+            import redis  # noqa: F401
+        except ImportError:
+            return "redis-py and hiredis are not installed (pip install redis hiredis)"
+        return None
+
+    def start(self):
+        import redis
+
+        self._dir = tempfile.mkdtemp(prefix="bench-redis-")
+        path = os.path.join(self._dir, "redis.sock")
+        self._server = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                "0",
+                "--unixsocket",
+                path,
+                "--unixsocketperm",
+                "700",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        client = redis.Redis(unix_socket_path=path)
+        deadline = time.monotonic() + 10
+        while True:  # the server's readiness is only observable by asking it
+            with contextlib.suppress(redis.ConnectionError):
+                if client.ping():
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.01)
+        client.close()
+        return path
+
+    def stop(self):
+        self._server.terminate()
+        self._server.wait()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    @staticmethod
+    def connect(handle):
+        return _RedisClient(handle)
+
+    def footprint(self):
+        return rss_anon(self._server.pid)
+
+
+class _LmdbClient:
+    def __init__(self, path):
+        import lmdb
+
+        self._env = lmdb.open(path, map_size=4 << 30, max_readers=64, lock=True)
+
+    def mset(self, pairs):
+        with self._env.begin(write=True) as txn:
+            for key, value in pairs:
+                txn.put(key.encode(), value)
+
+    def mget(self, keys):
+        with self._env.begin(buffers=False) as txn:
+            return [txn.get(key.encode()) for key in keys]
+
+
+class LmdbPeer(Peer):
+    """LMDB on /dev/shm, one environment per process, a transaction per batch."""
+
+    name = "LMDB on /dev/shm"
+
+    @classmethod
+    def unavailable(cls):
+        try:
+            import lmdb  # noqa: F401
+        except ImportError:
+            return "lmdb is not installed (pip install lmdb)"
+        return None
+
+    def start(self):
+        self._dir = tempfile.mkdtemp(prefix="bench-lmdb-", dir="/dev/shm")
+        _LmdbClient(self._dir)._env.close()
+        return self._dir
+
+    def stop(self):
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    @staticmethod
+    def connect(handle):
+        return _LmdbClient(handle)
+
+    def footprint(self):
+        return allocated(self._dir)
+
+
+class _DiskCacheClient:
+    def __init__(self, path):
+        import diskcache
+
+        self._cache = diskcache.Cache(path)
+
+    def mset(self, pairs):
+        with self._cache.transact():
+            for key, value in pairs:
+                self._cache.set(key, value)
+
+    def mget(self, keys):
+        get = self._cache.get
+        return [get(key) for key in keys]
+
+
+class DiskCachePeer(Peer):
+    """diskcache (SQLite) on /dev/shm, a transaction per batch."""
+
+    name = "diskcache on /dev/shm"
+
+    @classmethod
+    def unavailable(cls):
+        try:
+            import diskcache  # noqa: F401
+        except ImportError:
+            return "diskcache is not installed (pip install diskcache)"
+        return None
+
+    def start(self):
+        self._dir = tempfile.mkdtemp(prefix="bench-diskcache-", dir="/dev/shm")
+        return self._dir
+
+    def stop(self):
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    @staticmethod
+    def connect(handle):
+        return _DiskCacheClient(handle)
+
+    def footprint(self):
+        return allocated(self._dir)
+
+
+PEERS: list[type[Peer]] = [
+    ShmStorePeer,
+    RedisPeer,
+    LmdbPeer,
+    DiskCachePeer,
+    BatchedBaseManagerPeer,
+    ManagerDictPeer,
+    InMemoryPeer,
+]
