@@ -26,7 +26,7 @@ __all__ = ["Table"]
 #: Virtual size of an arena segment; pages are reserved as they are used.
 ARENA_BYTES = 256 << 20
 #: Granularity of page reservation in an arena segment.
-RESERVE_STEP = 256 << 10
+RESERVE_STEP = 1 << 20
 INITIAL_CAPACITY = 1024
 
 _W = L.SLOT_WORDS
@@ -111,36 +111,44 @@ class Table:
         # One loop with everything bound locally: this is the manager's hot path.
         slots, index_buf, arenas, free = self._slots, self._index_buf, self._arenas, self._free
         find, crc32, pack_slot = self._find, L.key_hash, _SLOT.pack_into
+        mask, arena_base, bump = self._capacity - 1, self._arena_id << L.OFFSET_BITS, self._bump
+        used, live, live_bytes, order = self._used, self._live, self._live_bytes, self._next_order
+        empty, deleted, offset_bits, offset_mask = L.EMPTY, L.DELETED, L.OFFSET_BITS, L.OFFSET_MASK
+        s_ref, s_vlen = L.S_REF, L.S_VLEN
         with self._write_window():
             for kb, value, n, size in zip(encoded, values, lengths, sizes, strict=True):
                 reuse = free.get(size)
                 if reuse:
                     ref = reuse.pop()
                 else:
-                    ref = self._arena_id << L.OFFSET_BITS | self._bump
-                    self._bump += size
-                buf, off = arenas[ref >> L.OFFSET_BITS].buf, ref & L.OFFSET_MASK
+                    ref = arena_base | bump
+                    bump += size
+                buf, off = arenas[ref >> offset_bits].buf, ref & offset_mask
                 klen = len(kb)
                 buf[off : off + klen] = kb
                 buf[off + klen : off + klen + n] = value
                 h = crc32(kb)
-                i = find(kb, h)
+                # The first probe inline: with the index under MAX_LOAD most keys are
+                # settled there; anything else takes the full search.
+                i = -(h & mask) - 1 if slots[(h & mask) * _W + s_ref] == empty else find(kb, h)
                 if i >= 0:  # an overwrite keeps the key's place in the order, as a dict does
                     base = i * _W
-                    old_vlen = slots[base + L.S_VLEN]
+                    old_vlen = slots[base + s_vlen]
                     old_size = (klen + old_vlen + 7) & ~7
-                    free.setdefault(old_size, []).append(slots[base + L.S_REF])
-                    slots[base + L.S_REF] = ref
-                    slots[base + L.S_VLEN] = n
-                    self._live_bytes += n - old_vlen
+                    free.setdefault(old_size, []).append(slots[base + s_ref])
+                    slots[base + s_ref] = ref
+                    slots[base + s_vlen] = n
+                    live_bytes += n - old_vlen
                     continue
                 base = (-i - 1) * _W
-                if slots[base + L.S_REF] == L.EMPTY:
-                    self._used += 1
-                pack_slot(index_buf, base * 8, h | klen << 32, ref, n, self._next_order, 0)
-                self._next_order += 1
-                self._live += 1
-                self._live_bytes += n
+                if slots[base + s_ref] != deleted:
+                    used += 1
+                pack_slot(index_buf, base * 8, h | klen << 32, ref, n, order, 0)
+                order += 1
+                live += 1
+                live_bytes += n
+            self._bump, self._used, self._live = bump, used, live
+            self._live_bytes, self._next_order = live_bytes, order
 
     def delete_many(self, keys: list[str]) -> None:
         """Remove the keys; missing ones are ignored."""
@@ -236,12 +244,17 @@ class Table:
         segment.reserve(0, segment.size)
         new = memoryview(segment.buf).cast("Q")
         old, mask = self._slots, capacity - 1
-        for base in range(0, len(old), _W):
-            if old[base + L.S_REF] > L.DELETED:
-                i = (old[base + L.S_HASH_KLEN] & 0xFFFFFFFF) & mask
-                while new[i * _W + L.S_REF] != L.EMPTY:
+        # Strided copies find the live slots at C speed; only those are re-inserted.
+        refs = old[L.S_REF :: _W].tolist()
+        hashes = old[L.S_HASH_KLEN :: _W].tolist()
+        taken = bytearray(capacity)
+        for slot, ref in enumerate(refs):
+            if ref > L.DELETED:
+                i = hashes[slot] & 0xFFFFFFFF & mask
+                while taken[i]:
                     i = (i + 1) & mask
-                new[i * _W : i * _W + _W] = old[base : base + _W]
+                taken[i] = 1
+                new[i * _W : i * _W + _W] = old[slot * _W : slot * _W + _W]
         with self._write_window():
             self._header[L.W_INDEX_GEN] = generation
             self._header[L.W_INDEX_CAPACITY] = capacity
