@@ -21,6 +21,7 @@ from ._errors import (
     StoreClosedError,
     StoreConnectionError,
     StoreError,
+    StoreFullError,
     StoreNotFoundError,
     StorePermissionError,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "StoreClosedError",
     "StoreConnectionError",
     "StoreError",
+    "StoreFullError",
     "StoreNotFoundError",
     "StorePermissionError",
 ]

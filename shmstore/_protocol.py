@@ -33,8 +33,10 @@ import msgpack
 from ._errors import (
     InvalidKeyError,
     InvalidValueError,
+    LimitExceededError,
     ProtocolError,
     StoreError,
+    StoreFullError,
 )
 
 __all__ = [
@@ -61,7 +63,15 @@ _ERROR = 1
 
 # Error kinds a reply may name; anything else arrives as a plain StoreError.
 _ERROR_KINDS: dict[str, type[StoreError]] = {
-    cls.__name__: cls for cls in (StoreError, ProtocolError, InvalidKeyError, InvalidValueError)
+    cls.__name__: cls
+    for cls in (
+        StoreError,
+        ProtocolError,
+        InvalidKeyError,
+        InvalidValueError,
+        LimitExceededError,
+        StoreFullError,
+    )
 }
 
 # Number of items after the opcode, per request kind.

@@ -4,7 +4,8 @@ Every store has two files in a runtime directory private to the user: ``<name>.s
 the manager's unix socket, and ``<name>.key``, the 32-byte authkey a proxy answers the
 manager's challenge with. The directory is mode 0700 and the key 0600, so only the same
 user (or root) can connect; the authkey check stops anyone who reaches the socket some
-other way. The directory is, in order of preference:
+other way. Its data lives in shared-memory segments (mode 0600) whose names start with
+:attr:`StorePaths.segment_prefix`. The directory is, in order of preference:
 
 1. ``$SHMSTORE_RUNTIME_DIR`` (created if missing);
 2. ``$XDG_RUNTIME_DIR/shmstore`` (a per-user tmpfs on systemd machines);

@@ -286,6 +286,10 @@ class _SharedStoreBase(BaseStore[str, V]):
         """Get the values of ``keys``: one item per key, in order, duplicates kept,
         ``None`` for a key that is not in the store.
 
+        The proxy reads the store's shared memory itself, without a request, and the
+        whole batch is as of one moment: it never mixes values from before and after an
+        ``mset`` (see :mod:`shmstore._reader`). Where that is off, the manager answers.
+
         :param keys: a sequence of ``str``; an empty one returns ``[]`` without a request.
         :raises InvalidKeyError: a key is not a ``str`` (nothing is sent).
         :raises StoreConnectionError: the manager cannot be reached.
@@ -305,11 +309,14 @@ class _SharedStoreBase(BaseStore[str, V]):
         The batch is atomic: a concurrent ``mget`` in any process sees all of its pairs
         or none, and a failed call applied none of them, except that a
         :class:`StoreConnectionError` raised after the request was sent leaves it
-        unknown whether the whole batch was applied.
+        unknown whether the whole batch was applied. Values adding up to more than
+        ``STAGE_MIN_BYTES`` travel through a shared-memory staging segment, not the
+        socket.
 
         :raises InvalidBatchError: an item is not a pair, its key not a ``str``, or its
             value not storable (:class:`InvalidKeyError`, :class:`InvalidValueError`).
         :raises LimitExceededError: the batch encodes to over ``MAX_FRAME_BYTES``.
+        :raises StoreFullError: ``/dev/shm`` has no room for it (nothing applied).
         :raises StoreConnectionError: the manager cannot be reached.
         """
         batch = self._mset_batch(key_value_pairs)

@@ -85,6 +85,7 @@ def test_large_values_round_trip(byte_store):
         shmstore.StoreClosedError("m"),
         shmstore.StoreNotFoundError("m"),
         shmstore.StorePermissionError("m"),
+        shmstore.StoreFullError("m"),
         shmstore.ProtocolError("m"),
     ],
     ids=lambda e: type(e).__name__,

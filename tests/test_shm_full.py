@@ -1,0 +1,68 @@
+"""A full /dev/shm: a clear StoreFullError for the write that does not fit, never a
+SIGBUS, and the store keeps serving reads and writes that fit."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+# Run in a private mount namespace whose /dev/shm is a 16 MiB tmpfs, so "full" is
+# reached in a second without touching the machine's real /dev/shm.
+_SCRIPT = textwrap.dedent(
+    """
+    import os, shmstore
+    with shmstore.SharedByteStore() as store:
+        store.mset([("small", b"x" * 100)])
+        batches = 0
+        try:
+            while True:  # 200 kB batches go over the socket, into the manager's arena
+                store.mset([(f"k{batches}", os.urandom(100_000)),
+                            (f"k{batches}b", os.urandom(100_000))])
+                batches += 1
+        except shmstore.StoreFullError:
+            print("manager full")
+        last = f"k{batches}"
+        assert store.mget([last, last + "b"]) == [None, None], "a refused batch was applied"
+        assert store.mget(["small"]) == [b"x" * 100]
+        store.mdelete([f"k{batches - 1}"])
+        store.mset([("again", b"z" * 100_000)])  # the freed space is reused
+        assert store.mget(["again"]) == [b"z" * 100_000]
+        try:  # 40 MiB is staged through shared memory by the client itself
+            store.mset([("huge", b"y" * (40 << 20))])
+        except shmstore.StoreFullError:
+            print("staging full")
+        assert store.mget(["huge"]) == [None]
+    assert os.listdir("/dev/shm") == [], os.listdir("/dev/shm")
+    print("ok")
+    """
+)
+
+
+def test_full_shared_memory_refuses_the_write_and_keeps_serving(tmp_path):
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare to give /dev/shm a small size")
+    script = tmp_path / "full.py"
+    script.write_text(_SCRIPT)
+    done = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f'mount -t tmpfs -o size=16m tmpfs /dev/shm && exec "{sys.executable}" "{script}"',
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if "mount:" in done.stderr or "unshare:" in done.stderr:
+        pytest.skip(f"cannot make a private /dev/shm here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["manager", "full", "staging", "full", "ok"]
