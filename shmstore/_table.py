@@ -110,7 +110,7 @@ class Table:
         self._make_room(sum(sizes), len(encoded))
         # One loop with everything bound locally: this is the manager's hot path.
         slots, index_buf, arenas, free = self._slots, self._index_buf, self._arenas, self._free
-        find, crc32, pack_slot = self._find, L.key_hash, _SLOT.pack_into
+        find, key_at, crc32, pack_slot = self._find, self._key_at, L.key_hash, _SLOT.pack_into
         mask, arena_base, bump = self._capacity - 1, self._arena_id << L.OFFSET_BITS, self._bump
         used, live, live_bytes, order = self._used, self._live, self._live_bytes, self._next_order
         empty, deleted, offset_bits, offset_mask = L.EMPTY, L.DELETED, L.OFFSET_BITS, L.OFFSET_MASK
@@ -129,8 +129,20 @@ class Table:
                 buf[off + klen : off + klen + n] = value
                 h = crc32(kb)
                 # The first probe inline: with the index under MAX_LOAD most keys are
-                # settled there; anything else takes the full search.
-                i = -(h & mask) - 1 if slots[(h & mask) * _W + s_ref] == empty else find(kb, h)
+                # settled there, new (an empty slot) or overwritten (their own slot);
+                # anything else takes the full search.
+                first = h & mask
+                first_ref = slots[first * _W + s_ref]
+                if first_ref == empty:
+                    i = -first - 1
+                elif (
+                    first_ref != deleted
+                    and slots[first * _W] == h | klen << 32
+                    and key_at(first_ref, klen) == kb
+                ):
+                    i = first
+                else:
+                    i = find(kb, h)
                 if i >= 0:  # an overwrite keeps the key's place in the order, as a dict does
                     base = i * _W
                     old_vlen = slots[base + s_vlen]
