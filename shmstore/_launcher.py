@@ -53,7 +53,13 @@ class ManagerProcess:
 
     @classmethod
     def start(
-        cls, paths: StorePaths, authkey: bytes, *, max_frame_bytes: int, start_timeout_s: float
+        cls,
+        paths: StorePaths,
+        authkey: bytes,
+        *,
+        max_frame_bytes: int,
+        segment_bytes: int,
+        start_timeout_s: float,
     ) -> ManagerProcess:
         """Start a manager serving ``paths`` and wait until it accepts connections.
 
@@ -83,6 +89,7 @@ class ManagerProcess:
             "authkey": authkey,
             "owner_pid": os.getpid(),
             "max_frame_bytes": max_frame_bytes,
+            "segment_bytes": segment_bytes,
         }
         try:
             with process.stdin:

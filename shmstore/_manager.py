@@ -72,15 +72,22 @@ class Manager:
     :param owner_pid: the process whose exit stops the manager.
     :param max_frame_bytes: largest request frame accepted; a client sending a larger
         one loses its connection.
+    :param segment_bytes: virtual size of each arena segment.
     """
 
     def __init__(
-        self, paths: StorePaths, authkey: bytes, owner_pid: int, max_frame_bytes: int
+        self,
+        paths: StorePaths,
+        authkey: bytes,
+        owner_pid: int,
+        max_frame_bytes: int,
+        segment_bytes: int,
     ) -> None:
         self._paths = paths
         self._authkey = authkey
         self._owner_pid = owner_pid
         self._max_frame_bytes = max_frame_bytes
+        self._segment_bytes = segment_bytes
         self._table: Table | None = None  # created by open(): its segments outlive errors
         self._table_lock = threading.Lock()
         self._selector = selectors.DefaultSelector()
@@ -108,7 +115,7 @@ class Manager:
         listener.listen(128)
         listener.setblocking(False)
         self._listener = listener
-        self._table = Table(self._paths.segment_prefix)
+        self._table = Table(self._paths.segment_prefix, self._segment_bytes)
         self._selector.register(listener, selectors.EVENT_READ, self._accept)
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeups)
         signal.set_wakeup_fd(self._wake_w)
@@ -275,7 +282,13 @@ def main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     config = msgpack.unpackb(sys.stdin.buffer.read())
     paths = StorePaths(config["directory"], config["name"])
-    manager = Manager(paths, config["authkey"], config["owner_pid"], config["max_frame_bytes"])
+    manager = Manager(
+        paths,
+        config["authkey"],
+        config["owner_pid"],
+        config["max_frame_bytes"],
+        config["segment_bytes"],
+    )
     try:
         manager.open()
     except Exception as exc:

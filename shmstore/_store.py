@@ -86,15 +86,24 @@ class _SharedStoreBase(BaseStore[str, V]):
         *,
         name: str | None = None,
         runtime_dir: str | None = None,
+        segment_bytes: int = 256 << 20,
         start_timeout_s: float = 10.0,
     ) -> None:
+        if not isinstance(segment_bytes, int) or segment_bytes < 1 << 20:
+            raise ValueError(
+                f"segment_bytes must be an int of at least 1 MiB, got {segment_bytes!r}"
+            )
         paths = StorePaths(
             runtime_dir or default_runtime_dir(), new_name() if name is None else name
         )
         authkey = claim(paths)
         try:
             manager = ManagerProcess.start(
-                paths, authkey, max_frame_bytes=MAX_FRAME_BYTES, start_timeout_s=start_timeout_s
+                paths,
+                authkey,
+                max_frame_bytes=MAX_FRAME_BYTES,
+                segment_bytes=segment_bytes,
+                start_timeout_s=start_timeout_s,
             )
         except BaseException:
             paths.remove(authkey)
@@ -407,6 +416,10 @@ class SharedByteStore(_SharedStoreBase[bytes]):
     :param runtime_dir: the private directory for the socket and key (default:
         ``$SHMSTORE_RUNTIME_DIR``, ``$XDG_RUNTIME_DIR/shmstore`` or
         ``<tmp>/shmstore-<uid>``).
+    :param segment_bytes: virtual size in bytes of each shared-memory arena segment
+        (default 256 MiB, at least 1 MiB). Pages are reserved only as values fill it,
+        so a larger size costs address space, not memory; the arena grows by whole
+        segments, and a value larger than this gets a segment of its own.
     :param start_timeout_s: seconds to wait for the manager to start (default 10).
     :raises StoreError: the manager could not be started; nothing is left running.
     :raises StorePermissionError: the runtime directory is not private to this user.

@@ -42,8 +42,11 @@ class Table:
     """A ``str -> bytes`` map with ``InMemoryByteStore``'s batch semantics, kept in the
     shared-memory segments named by ``prefix`` (created here, removed by :meth:`close`)."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, arena_bytes: int = ARENA_BYTES) -> None:
+        """:param arena_bytes: virtual size of each arena segment (a value larger than
+        this gets a segment of its own size)."""
         self._prefix = prefix
+        self._arena_bytes = arena_bytes
         self._segments: list[Segment] = []
         self._ctl = self._create(L.ctl_name(prefix), L.CTL_BYTES)
         self._ctl.reserve(0, L.CTL_BYTES)
@@ -239,7 +242,7 @@ class Table:
             self._rebuild_index(capacity)
         arena = self._arenas.get(self._arena_id)
         if arena is None or self._bump + need > arena.size:
-            size = max(ARENA_BYTES, -(-need // RESERVE_STEP) * RESERVE_STEP)
+            size = max(self._arena_bytes, -(-need // RESERVE_STEP) * RESERVE_STEP)
             arena = self._create(L.arena_name(self._prefix, self._arena_id + 1), size)
             self._arena_id += 1
             self._arenas[self._arena_id] = arena

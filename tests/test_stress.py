@@ -4,6 +4,7 @@ reads, while the store is overwritten, shrunk and grown under the readers."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 
 import pytest
 
@@ -19,7 +20,8 @@ def _stress(ops: int) -> list[tuple]:
     started = ctx.Array("q", GROUPS, lock=False)
     acked = ctx.Array("q", GROUPS, lock=False)
     ready, done, results = ctx.Event(), ctx.Event(), ctx.SimpleQueue()
-    with shmstore.SharedByteStore() as store:
+    # Small arena segments, so the arena grows by new segments under the readers.
+    with shmstore.SharedByteStore(segment_bytes=4 << 20) as store:
         readers = [
             ctx.Process(
                 target=_workers.stress_reader,
@@ -39,7 +41,13 @@ def _stress(ops: int) -> list[tuple]:
             reader.join()
         results.close()
         assert writer.exitcode == 0 and all(r.exitcode == 0 for r in readers)
+        assert _arena_segments(store) > 1  # the arena did grow while readers read
     return outcomes
+
+
+def _arena_segments(store) -> int:
+    prefix = store._paths.segment_prefix.lstrip("/") + "a"
+    return sum(entry.startswith(prefix) for entry in os.listdir("/dev/shm"))
 
 
 def _check(outcomes: list[tuple]) -> None:
