@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._errors import (
+    BatchTooLargeError,
     InvalidBatchError,
     InvalidKeyError,
     InvalidValueError,
@@ -24,6 +25,8 @@ from ._errors import (
     StoreFullError,
     StoreNotFoundError,
     StorePermissionError,
+    StoreTooLargeError,
+    ValueTooLargeError,
 )
 
 if TYPE_CHECKING:
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "BatchTooLargeError",
     "InvalidBatchError",
     "InvalidKeyError",
     "InvalidValueError",
@@ -45,6 +49,8 @@ __all__ = [
     "StoreFullError",
     "StoreNotFoundError",
     "StorePermissionError",
+    "StoreTooLargeError",
+    "ValueTooLargeError",
 ]
 
 _LAZY = {"SharedByteStore", "SharedStore"}

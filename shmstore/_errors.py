@@ -10,6 +10,7 @@ bad key, ``ConnectionError`` for an unreachable manager), so code written agains
 from __future__ import annotations
 
 __all__ = [
+    "BatchTooLargeError",
     "InvalidBatchError",
     "InvalidKeyError",
     "InvalidValueError",
@@ -21,6 +22,8 @@ __all__ = [
     "StoreFullError",
     "StoreNotFoundError",
     "StorePermissionError",
+    "StoreTooLargeError",
+    "ValueTooLargeError",
 ]
 
 
@@ -46,8 +49,21 @@ class InvalidValueError(InvalidBatchError):
 class LimitExceededError(StoreError, ValueError):
     """A request is larger than a limit of the store; the message names the limit.
 
-    Raised before anything is sent, so nothing of that batch is applied.
+    Raised before anything of the batch is applied (by the proxy before anything is
+    sent, where it can tell).
     """
+
+
+class ValueTooLargeError(LimitExceededError):
+    """A value is larger than the store's ``max_value_bytes``."""
+
+
+class BatchTooLargeError(LimitExceededError):
+    """A batch's keys and values add up to more than the store's ``max_batch_bytes``."""
+
+
+class StoreTooLargeError(LimitExceededError):
+    """Applying the batch would take the store's keys and values past ``max_store_bytes``."""
 
 
 class StoreConnectionError(StoreError, ConnectionError):

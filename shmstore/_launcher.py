@@ -19,6 +19,7 @@ from multiprocessing.connection import wait
 import msgpack
 
 from ._errors import StoreError
+from ._limits import Limits
 from ._runtime import StorePaths
 
 __all__ = ["ManagerProcess"]
@@ -57,7 +58,7 @@ class ManagerProcess:
         paths: StorePaths,
         authkey: bytes,
         *,
-        max_frame_bytes: int,
+        limits: Limits,
         segment_bytes: int,
         start_timeout_s: float,
     ) -> ManagerProcess:
@@ -88,7 +89,7 @@ class ManagerProcess:
             "name": paths.name,
             "authkey": authkey,
             "owner_pid": os.getpid(),
-            "max_frame_bytes": max_frame_bytes,
+            "limits": vars(limits),
             "segment_bytes": segment_bytes,
         }
         try:

@@ -39,6 +39,7 @@ import msgpack
 
 from . import _protocol as proto
 from ._errors import ProtocolError, StoreError
+from ._limits import Limits
 from ._runtime import StorePaths
 from ._segment import Segment, unlink_segment
 from ._table import Table
@@ -70,8 +71,8 @@ class Manager:
     :param paths: where the socket is bound; its key file is removed on exit with it.
     :param authkey: the secret every client must prove it holds.
     :param owner_pid: the process whose exit stops the manager.
-    :param max_frame_bytes: largest request frame accepted; a client sending a larger
-        one loses its connection.
+    :param limits: the store's size limits; a client sending a frame over
+        ``limits.max_frame_bytes`` loses its connection.
     :param segment_bytes: virtual size of each arena segment.
     """
 
@@ -80,13 +81,14 @@ class Manager:
         paths: StorePaths,
         authkey: bytes,
         owner_pid: int,
-        max_frame_bytes: int,
+        limits: Limits,
         segment_bytes: int,
     ) -> None:
         self._paths = paths
         self._authkey = authkey
         self._owner_pid = owner_pid
-        self._max_frame_bytes = max_frame_bytes
+        self._limits = limits
+        self._max_frame_bytes = limits.max_frame_bytes
         self._segment_bytes = segment_bytes
         self._table: Table | None = None  # created by open(): its segments outlive errors
         self._table_lock = threading.Lock()
@@ -115,7 +117,7 @@ class Manager:
         listener.listen(128)
         listener.setblocking(False)
         self._listener = listener
-        self._table = Table(self._paths.segment_prefix, self._segment_bytes)
+        self._table = Table(self._paths.segment_prefix, self._segment_bytes, self._limits)
         self._selector.register(listener, selectors.EVENT_READ, self._accept)
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeups)
         signal.set_wakeup_fd(self._wake_w)
@@ -286,7 +288,7 @@ def main() -> int:
         paths,
         config["authkey"],
         config["owner_pid"],
-        config["max_frame_bytes"],
+        Limits(**config["limits"]),
         config["segment_bytes"],
     )
     try:

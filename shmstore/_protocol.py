@@ -31,12 +31,15 @@ from typing import Any, NoReturn
 import msgpack
 
 from ._errors import (
+    BatchTooLargeError,
     InvalidKeyError,
     InvalidValueError,
     LimitExceededError,
     ProtocolError,
     StoreError,
     StoreFullError,
+    StoreTooLargeError,
+    ValueTooLargeError,
 )
 
 __all__ = [
@@ -71,6 +74,9 @@ _ERROR_KINDS: dict[str, type[StoreError]] = {
         InvalidValueError,
         LimitExceededError,
         StoreFullError,
+        ValueTooLargeError,
+        BatchTooLargeError,
+        StoreTooLargeError,
     )
 }
 

@@ -19,9 +19,10 @@ import os
 import platform
 
 from . import _layout as L
+from ._limits import Limits
 from ._segment import Segment
 
-__all__ = ["ATTEMPTS", "DIRECT_READS", "DirectReader"]
+__all__ = ["ATTEMPTS", "DIRECT_READS", "DirectReader", "read_limits"]
 
 #: Whether proxies read shared memory directly (see the module docstring).
 DIRECT_READS = platform.machine().lower() in {"x86_64", "amd64"} and os.environ.get(
@@ -137,3 +138,19 @@ class DirectReader:
         for buf in self._arenas.values():
             buf.close()  # type: ignore[attr-defined]
         self._arenas.clear()
+
+
+def read_limits(prefix: str) -> Limits:
+    """The limits a store's manager published in its header.
+
+    :raises FileNotFoundError: the store's segments do not exist (any more).
+    """
+    segment = Segment.open(L.ctl_name(prefix))
+    header = memoryview(segment.buf).cast("Q")
+    try:
+        return Limits(
+            header[L.W_MAX_VALUE_BYTES], header[L.W_MAX_BATCH_BYTES], header[L.W_MAX_STORE_BYTES]
+        )
+    finally:
+        header.release()
+        segment.close()

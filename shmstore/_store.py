@@ -27,9 +27,11 @@ from ._errors import (
     InvalidValueError,
     LimitExceededError,
     StoreClosedError,
+    StoreNotFoundError,
 )
 from ._launcher import ManagerProcess
-from ._reader import DirectReader
+from ._limits import Limits
+from ._reader import DirectReader, read_limits
 from ._runtime import StorePaths, claim, default_runtime_dir, new_name
 from ._segment import Segment, unlink_segment
 
@@ -38,14 +40,10 @@ try:
 except ImportError:  # shmstore works without LangChain; isinstance checks need it
     from ._basestore import BaseStore  # type: ignore[assignment]
 
-__all__ = ["MAX_FRAME_BYTES", "SharedByteStore", "SharedStore"]
+__all__ = ["SharedByteStore", "SharedStore"]
 
 V = TypeVar("V")
 _Self = TypeVar("_Self", bound="_SharedStoreBase[Any]")
-
-#: Largest request, in bytes of its encoded frame, that a manager accepts. A larger
-#: batch raises :class:`LimitExceededError` before anything is sent.
-MAX_FRAME_BYTES = 1 << 30
 
 #: An ``mset`` whose values add up to more bytes than this goes through a shared-memory
 #: staging segment instead of the socket: the manager copies each value once, from the
@@ -87,8 +85,12 @@ class _SharedStoreBase(BaseStore[str, V]):
         name: str | None = None,
         runtime_dir: str | None = None,
         segment_bytes: int = 256 << 20,
+        max_value_bytes: int | None = None,
+        max_batch_bytes: int | None = None,
+        max_store_bytes: int | None = None,
         start_timeout_s: float = 10.0,
     ) -> None:
+        limits = Limits.resolve(max_value_bytes, max_batch_bytes, max_store_bytes)
         if not isinstance(segment_bytes, int) or segment_bytes < 1 << 20:
             raise ValueError(
                 f"segment_bytes must be an int of at least 1 MiB, got {segment_bytes!r}"
@@ -101,19 +103,24 @@ class _SharedStoreBase(BaseStore[str, V]):
             manager = ManagerProcess.start(
                 paths,
                 authkey,
-                max_frame_bytes=MAX_FRAME_BYTES,
+                limits=limits,
                 segment_bytes=segment_bytes,
                 start_timeout_s=start_timeout_s,
             )
         except BaseException:
             paths.remove(authkey)
             raise
-        self._init_proxy(paths, authkey, manager)
+        self._init_proxy(paths, authkey, manager, limits)
 
     def _init_proxy(
-        self, paths: StorePaths, authkey: bytes | None, manager: ManagerProcess | None
+        self,
+        paths: StorePaths,
+        authkey: bytes | None,
+        manager: ManagerProcess | None,
+        limits: Limits | None = None,
     ) -> None:
         self._paths = paths
+        self._limits = limits  # None: an attached proxy reads them when it needs them
         self._client = Client(paths, authkey)
         self._reader: DirectReader | None = None
         self._manager = manager
@@ -197,12 +204,27 @@ class _SharedStoreBase(BaseStore[str, V]):
 
     # -- requests -------------------------------------------------------------------
 
+    @property
+    def limits(self) -> Limits:
+        """The store's size limits (``max_value_bytes``, ``max_batch_bytes``,
+        ``max_store_bytes``), as set by its owner.
+
+        :raises StoreNotFoundError: the store has stopped.
+        """
+        if self._limits is None:
+            try:
+                self._limits = read_limits(self._paths.segment_prefix)
+            except FileNotFoundError:
+                raise StoreNotFoundError(f"store {self.name!r} has stopped") from None
+        return self._limits
+
     def _frame(self, *message: Any) -> bytes:
         frame = proto.pack(list(message))
-        if len(frame) > MAX_FRAME_BYTES:
+        limit = self.limits.max_frame_bytes
+        if len(frame) > limit:
             raise LimitExceededError(
-                f"the batch encodes to {len(frame)} bytes, over the limit of "
-                f"MAX_FRAME_BYTES={MAX_FRAME_BYTES}; split it into smaller batches"
+                f"the request encodes to {len(frame)} bytes, over the manager's frame limit "
+                f"of {limit} (from max_batch_bytes); split it into smaller batches"
             )
         return frame
 
@@ -254,9 +276,12 @@ class _SharedStoreBase(BaseStore[str, V]):
     def _mset_request(self, keys: list[str], values: list[bytes]) -> tuple[bytes, Segment | None]:
         """The request frame, and the staging segment it names if the values are large.
 
+        :raises LimitExceededError: a value or the batch is over its limit (nothing sent).
         :raises StoreFullError: ``/dev/shm`` has no room to stage them (nothing sent).
         """
-        total = sum(map(len, values))
+        sizes = list(map(len, values))
+        self.limits.check_batch(keys, sizes)
+        total = sum(sizes)
         if total <= STAGE_MIN_BYTES:
             return self._frame(proto.MSET, keys, values), None
         suffix = f"s{os.getpid()}.{next(_stage_numbers)}"
@@ -267,7 +292,7 @@ class _SharedStoreBase(BaseStore[str, V]):
             for value in values:
                 buf[offset : offset + len(value)] = value
                 offset += len(value)
-            return self._frame(proto.MSET_SHM, keys, suffix, [len(v) for v in values]), segment
+            return self._frame(proto.MSET_SHM, keys, suffix, sizes), segment
         except BaseException:
             _unstage(segment)
             raise
@@ -324,7 +349,10 @@ class _SharedStoreBase(BaseStore[str, V]):
 
         :raises InvalidBatchError: an item is not a pair, its key not a ``str``, or its
             value not storable (:class:`InvalidKeyError`, :class:`InvalidValueError`).
-        :raises LimitExceededError: the batch encodes to over ``MAX_FRAME_BYTES``.
+        :raises LimitExceededError: a value is over ``max_value_bytes``
+            (:class:`ValueTooLargeError`), the batch's keys and values over
+            ``max_batch_bytes`` (:class:`BatchTooLargeError`), or the store would grow
+            past ``max_store_bytes`` (:class:`StoreTooLargeError`); nothing applied.
         :raises StoreFullError: ``/dev/shm`` has no room for it (nothing applied).
         :raises StoreConnectionError: the manager cannot be reached.
         """
@@ -420,10 +448,15 @@ class SharedByteStore(_SharedStoreBase[bytes]):
         (default 256 MiB, at least 1 MiB). Pages are reserved only as values fill it,
         so a larger size costs address space, not memory; the arena grows by whole
         segments, and a value larger than this gets a segment of its own.
+    :param max_value_bytes: largest value in bytes (default 512 MiB).
+    :param max_batch_bytes: largest ``mset``, its keys (UTF-8) and values, in bytes
+        (default 1 GiB); it also bounds every request the manager reads.
+    :param max_store_bytes: most bytes of keys and values the store holds at once
+        (default: three quarters of the size of ``/dev/shm``).
     :param start_timeout_s: seconds to wait for the manager to start (default 10).
     :raises StoreError: the manager could not be started; nothing is left running.
     :raises StorePermissionError: the runtime directory is not private to this user.
-    :raises ValueError: ``name`` is not a valid store name.
+    :raises ValueError: ``name`` is not a valid store name, or an option is out of range.
     """
 
     def _encode_values(self, values: list[Any]) -> list[bytes]:

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import _layout as L
+from ._errors import StoreTooLargeError
+from ._limits import Limits
 from ._segment import Segment, unlink_segment
 
 __all__ = ["Table"]
@@ -42,17 +44,25 @@ class Table:
     """A ``str -> bytes`` map with ``InMemoryByteStore``'s batch semantics, kept in the
     shared-memory segments named by ``prefix`` (created here, removed by :meth:`close`)."""
 
-    def __init__(self, prefix: str, arena_bytes: int = ARENA_BYTES) -> None:
+    def __init__(
+        self, prefix: str, arena_bytes: int = ARENA_BYTES, limits: Limits | None = None
+    ) -> None:
         """:param arena_bytes: virtual size of each arena segment (a value larger than
-        this gets a segment of its own size)."""
+        this gets a segment of its own size).
+        :param limits: enforced by :meth:`set_many`, and published in the header for
+            proxies to check before they send (default: :meth:`Limits.resolve`)."""
         self._prefix = prefix
         self._arena_bytes = arena_bytes
+        self._limits = limits or Limits.resolve()
         self._segments: list[Segment] = []
         self._ctl = self._create(L.ctl_name(prefix), L.CTL_BYTES)
         self._ctl.reserve(0, L.CTL_BYTES)
         self._header = memoryview(self._ctl.buf).cast("Q")
         self._header[L.W_MAGIC] = L.MAGIC
         self._header[L.W_VERSION] = L.VERSION
+        self._header[L.W_MAX_VALUE_BYTES] = self._limits.max_value_bytes
+        self._header[L.W_MAX_BATCH_BYTES] = self._limits.max_batch_bytes
+        self._header[L.W_MAX_STORE_BYTES] = self._limits.max_store_bytes
         self._index: Segment | None = None
         self._index_buf: Any = None
         self._slots = memoryview(b"").cast("Q")
@@ -105,10 +115,21 @@ class Table:
         """Store the pairs in order, so the last value of a repeated key wins.
 
         :param values: bytes-like objects, as many as ``keys``.
+        :raises LimitExceededError: a value, the batch or the store would be over its
+            limit (the subclass names which); nothing was applied.
         :raises StoreFullError: ``/dev/shm`` cannot hold the batch; nothing was applied.
         """
         encoded = [_encode(k) for k in keys]
         lengths = [v.nbytes if type(v) is memoryview else len(v) for v in values]
+        self._limits.check_batch(keys, lengths)
+        added = sum(map(len, encoded)) + sum(lengths)
+        if self._live_bytes + added > self._limits.max_store_bytes:
+            total = self._live_bytes + self._growth(encoded, lengths)
+            if total > self._limits.max_store_bytes:
+                raise StoreTooLargeError(
+                    f"the store would hold {total} bytes of keys and values, over "
+                    f"max_store_bytes={self._limits.max_store_bytes}"
+                )
         sizes = [(len(kb) + n + 7) & ~7 for kb, n in zip(encoded, lengths, strict=True)]
         self._make_room(sum(sizes), len(encoded))
         # One loop with everything bound locally: this is the manager's hot path.
@@ -161,7 +182,7 @@ class Table:
                 pack_slot(index_buf, base * 8, h | klen << 32, ref, n, order, 0)
                 order += 1
                 live += 1
-                live_bytes += n
+                live_bytes += klen + n
             self._bump, self._used, self._live = bump, used, live
             self._live_bytes, self._next_order = live_bytes, order
 
@@ -179,7 +200,7 @@ class Table:
                 self._release(slots[base + L.S_REF], L.entry_bytes(len(kb), vlen))
                 slots[base + L.S_REF] = L.DELETED
                 self._live -= 1
-                self._live_bytes -= vlen
+                self._live_bytes -= len(kb) + vlen
 
     def close(self) -> None:
         """Unmap and unlink every segment of the store."""
@@ -229,6 +250,16 @@ class Table:
 
     def _release(self, ref: int, size: int) -> None:
         self._free.setdefault(size, []).append(ref)
+
+    def _growth(self, encoded: list[bytes], lengths: list[int]) -> int:
+        """Exactly how many bytes of keys and values the batch would add (overwrites
+        replace, and the last value of a repeated key wins)."""
+        final = dict(zip(encoded, lengths, strict=True))
+        growth = 0
+        for kb, n in final.items():
+            i = self._find(kb, L.key_hash(kb))
+            growth += n - self._slots[i * _W + L.S_VLEN] if i >= 0 else len(kb) + n
+        return growth
 
     def _make_room(self, need: int, new_keys: int) -> None:
         """Grow the index and reserve ``need`` arena bytes past the bump pointer, so the

@@ -12,7 +12,7 @@ import stat
 import pytest
 
 import shmstore
-from shmstore import _reader, _store
+from shmstore import _protocol, _reader
 from shmstore._client import Client
 from shmstore._runtime import StorePaths
 from tests import _workers
@@ -60,11 +60,67 @@ def test_byte_store_accepts_bytes_like_values_and_returns_bytes(byte_store):
     assert byte_store.mget(["a", "b", "c"]) == [b"ba", b"mv", b""]
 
 
-def test_batch_over_the_frame_limit_is_refused_whole(byte_store, monkeypatch):
-    monkeypatch.setattr(_store, "MAX_FRAME_BYTES", 10_000)
-    with pytest.raises(shmstore.LimitExceededError, match="MAX_FRAME_BYTES"):
-        byte_store.mset([("small", b"x"), ("big", b"x" * 20_000)])
-    assert byte_store.mget(["small", "big"]) == [None, None]
+# -- limits: each named in its error, each enforced before anything is applied -------
+
+LIMITS = {"max_value_bytes": 1000, "max_batch_bytes": 3000, "max_store_bytes": 5000}
+
+
+@pytest.fixture
+def limited_store():
+    with shmstore.SharedByteStore(**LIMITS) as store:
+        yield store
+
+
+@pytest.mark.parametrize(
+    ("pairs", "error", "named"),
+    [
+        ([("a", b"x"), ("b", b"x" * 1001)], shmstore.ValueTooLargeError, "max_value_bytes"),
+        (
+            [("a", b"x" * 1000), ("b", b"x" * 1000), ("c", b"x" * 1000)],
+            shmstore.BatchTooLargeError,
+            "max_batch_bytes",
+        ),
+    ],
+    ids=["value", "batch"],
+)
+def test_value_and_batch_limits_refuse_the_whole_batch(limited_store, pairs, error, named):
+    with pytest.raises(error, match=named):
+        limited_store.mset(pairs)
+    assert limited_store.mget([k for k, _ in pairs]) == [None] * len(pairs)
+
+
+def test_store_limit_counts_keys_and_values_and_lets_overwrites_replace(limited_store):
+    limited_store.mset([(f"k{i}", b"x" * 900) for i in range(3)])  # 2,706 bytes
+    limited_store.mset([(f"k{i}", b"x" * 900) for i in range(3, 5)])  # 4,510 bytes
+    with pytest.raises(shmstore.StoreTooLargeError, match="max_store_bytes"):
+        limited_store.mset([("k5", b"x" * 900)])
+    assert limited_store.mget(["k5"]) == [None]
+    limited_store.mset([("k0", b"y" * 900)])  # same size: the store does not grow
+    limited_store.mdelete(["k1"])
+    limited_store.mset([("k5", b"z" * 900)])
+    assert limited_store.mget(["k0", "k1", "k5"]) == [b"y" * 900, None, b"z" * 900]
+
+
+def test_manager_enforces_limits_a_client_did_not_check(limited_store):
+    # A request that skipped the proxy's own check, as a buggy or hostile peer's would.
+    frame = _protocol.pack([_protocol.MSET, ["a", "b"], [b"x", b"x" * 1001]])
+    with pytest.raises(shmstore.ValueTooLargeError, match="max_value_bytes"):
+        limited_store._client.request(frame)
+    assert limited_store.mget(["a", "b"]) == [None, None]
+
+
+def test_attached_proxy_learns_the_limits_from_the_store(limited_store):
+    with shmstore.SharedByteStore.attach(limited_store.name) as other:
+        assert vars(other.limits) == LIMITS
+        with pytest.raises(shmstore.ValueTooLargeError):
+            other.mset([("big", b"x" * 1001)])
+
+
+@pytest.mark.parametrize("option", list(LIMITS))
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "1"])
+def test_limits_must_be_positive_ints(option, bad):
+    with pytest.raises(ValueError, match=option):
+        shmstore.SharedByteStore(**{option: bad})
 
 
 def test_large_values_round_trip(byte_store):
@@ -86,6 +142,9 @@ def test_large_values_round_trip(byte_store):
         shmstore.StoreNotFoundError("m"),
         shmstore.StorePermissionError("m"),
         shmstore.StoreFullError("m"),
+        shmstore.ValueTooLargeError("m"),
+        shmstore.BatchTooLargeError("m"),
+        shmstore.StoreTooLargeError("m"),
         shmstore.ProtocolError("m"),
     ],
     ids=lambda e: type(e).__name__,
