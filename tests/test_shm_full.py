@@ -16,7 +16,8 @@ import pytest
 _SCRIPT = textwrap.dedent(
     """
     import os, shmstore
-    with shmstore.SharedByteStore() as store:
+    # The default max_store_bytes (3/4 of /dev/shm) would stop the store first.
+    with shmstore.SharedByteStore(max_store_bytes=1 << 40) as store:
         store.mset([("small", b"x" * 100)])
         batches = 0
         try:
