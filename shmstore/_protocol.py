@@ -180,6 +180,12 @@ def parse_reply(frame: bytes) -> Any:
         raise ProtocolError(f"undecodable reply frame: {exc}") from exc
     if type(message) is list and len(message) == 2 and message[0] == _OK:
         return message[1]
-    if type(message) is list and len(message) == 3 and message[0] == _ERROR:
+    if (
+        type(message) is list
+        and len(message) == 3
+        and message[0] == _ERROR
+        and type(message[1]) is str
+        and type(message[2]) is str
+    ):
         raise _ERROR_KINDS.get(message[1], StoreError)(message[2])
     raise ProtocolError("a reply must be [0, result] or [1, kind, message]")
