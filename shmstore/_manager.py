@@ -24,6 +24,7 @@ meant for the owner, which then closes the store.
 
 from __future__ import annotations
 
+import collections
 import os
 import selectors
 import signal
@@ -92,6 +93,10 @@ class Manager:
         self._segment_bytes = segment_bytes
         self._table: Table | None = None  # created by open(): its segments outlive errors
         self._table_lock = threading.Lock()
+        # Live connections per client pid: a process's staging segments are removed
+        # when its last connection ends, not when one of several does.
+        self._peers: collections.Counter[int] = collections.Counter()
+        self._peers_lock = threading.Lock()
         self._selector = selectors.DefaultSelector()
         self._listener: socket.socket | None = None
         self._owner_fd: int | None = None
@@ -204,6 +209,12 @@ class Manager:
             deliver_challenge(connection, self._authkey)
             answer_challenge(connection, self._authkey)
             _set_socket_timeouts(connection.fileno(), 0)
+        except Exception:
+            connection.close()
+            return  # a failed or abandoned challenge: it never was a client
+        with self._peers_lock:
+            self._peers[peer_pid] += 1
+        try:
             while True:
                 # A client killed mid-frame gives EOF here before anything of its
                 # partial frame is decoded, so none of that batch is applied.
@@ -213,12 +224,17 @@ class Manager:
                 if not keep:
                     return
         except Exception:
-            return  # EOF, a broken socket, a failed challenge: drop this client only
+            return  # EOF or a broken socket: drop this client only
         finally:
             connection.close()
-            # A client killed between staging values and sending them leaves its
-            # staging segment behind; nobody else will ever unlink it.
-            self._paths.remove_segments(f"s{peer_pid}.")
+            with self._peers_lock:
+                self._peers[peer_pid] -= 1
+                last = self._peers[peer_pid] == 0
+                if last:
+                    del self._peers[peer_pid]
+                    # A client killed between staging values and sending them leaves
+                    # its staging segment behind; nobody else will ever unlink it.
+                    self._paths.remove_segments(f"s{peer_pid}.")
 
     def _handle(self, frame: bytes, peer_pid: int) -> tuple[bytes, bool]:
         """The reply to one request frame, and whether to keep the connection."""

@@ -284,6 +284,9 @@ class _SharedStoreBase(BaseStore[str, V]):
         total = sum(sizes)
         if total <= STAGE_MIN_BYTES:
             return self._frame(proto.MSET, keys, values), None
+        # Connected first: the manager then knows this process, and unlinks its staging
+        # segments if it dies before the request arrives.
+        self._client.connect()
         suffix = f"s{os.getpid()}.{next(_stage_numbers)}"
         segment = Segment.create(self._paths.segment_prefix + suffix, max(total, 1))
         try:

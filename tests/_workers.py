@@ -332,3 +332,81 @@ def stress_reader(
         except AssertionError as exc:
             violations.append(str(exc))
     results.put((reads, violations[:5], len(violations), len(versions)))
+
+
+# -- fault injection: victims report progress, the test kills them at a chosen step ----
+# (``progress`` comes last: tests/test_faults.py appends it)
+
+
+def write_groups_until_killed(store, staged_every: int, progress) -> None:
+    """Write group n at version n (16 keys), forever; every ``staged_every``-th batch is
+    large enough to go through a staging segment. Reports n before each write."""
+    n = 0
+    while True:
+        keys = stress_keys(n % 8, 16)
+        size = 40_000 if staged_every and n % staged_every == 0 else 200
+        progress.send(n)
+        store.mset([(k, stress_value(k, n, size)) for k in keys])
+        n += 1
+
+
+def read_until_killed(store, progress) -> None:
+    n = 0
+    while True:
+        progress.send(n)
+        store.mget(stress_keys(n % 8, 16))
+        n += 1
+
+
+def call_until_manager_dies(store, results, progress) -> None:
+    """Make calls until one fails; report the exception's type name."""
+    n = 0
+    try:
+        while True:
+            progress.send(n)
+            store.mset([(f"big{n}", b"x" * 2_000_000)])  # long enough to be caught in flight
+            store.mget([f"big{n}"])
+            n += 1
+    except Exception as exc:
+        results.send(type(exc).__name__)
+
+
+def survive_interrupts(store, results, rounds: int, progress) -> None:
+    """Call the store ``rounds`` times, catching KeyboardInterrupt (real SIGINTs sent by
+    the test); after each, check that the proxy still answers this process's own
+    requests correctly. Reports (interrupts caught, wrong answers)."""
+    interrupts = wrong = 0
+    for n in range(rounds):
+        try:
+            progress.send(n)
+            store.mset([(f"i{n % 4}", f"v{n}".encode())])
+            if list(store.yield_keys(prefix=f"i{n % 4}")) != [f"i{n % 4}"]:
+                wrong += 1
+        except KeyboardInterrupt:
+            interrupts += 1
+        try:
+            store.mset([("check", f"c{n}".encode())])
+            if store.mget(["check"]) != [f"c{n}".encode()] or list(
+                store.yield_keys(prefix="check")
+            ) != ["check"]:
+                wrong += 1
+        except KeyboardInterrupt:
+            interrupts += 1
+    results.send((interrupts, wrong))
+
+
+def stage_then_report(store, progress) -> None:
+    """Stage one large batch, report that its staging segment exists, and wait to be
+    killed before the request is sent."""
+    from shmstore import _store
+
+    build_request = _store._SharedStoreBase._mset_request
+
+    def staged_then_stop(self, keys, values):
+        frame, segment = build_request(self, keys, values)
+        progress.send(segment.name)
+        progress.recv()  # never answered: the test kills us here
+        return frame, segment
+
+    _store._SharedStoreBase._mset_request = staged_then_stop
+    store.mset([("staged", b"x" * 1_000_000)])

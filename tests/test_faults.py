@@ -1,0 +1,135 @@
+"""Faults injected for real, with signals, at varied moments: a killed writer, reader or
+manager, and Ctrl-C in the middle of calls. Victims report each step through a pipe,
+and the test signals them the moment a randomly chosen step is reported, so the signal
+lands in a different phase of a call each time, with no sleep deciding when."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import time
+
+import pytest
+
+import shmstore
+from tests import _workers
+
+_ctx = multiprocessing.get_context("spawn")
+
+
+def _start(target, *args):
+    progress_r, progress_w = _ctx.Pipe(duplex=False)
+    process = _ctx.Process(target=target, args=(*args, progress_w))
+    process.start()
+    progress_w.close()
+    return process, progress_r
+
+
+def _kill_at_step(process, progress, step: int) -> None:
+    while progress.recv() < step:
+        pass
+    os.kill(process.pid, signal.SIGKILL)
+    process.join()
+    progress.close()
+
+
+def _eventually(condition, within_s: float) -> bool:
+    # The manager cleans up after a dead client on that client's connection thread,
+    # asynchronously; this is a deadline for that, not a way of ordering steps.
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _staging_segments(store, pid: int) -> list[str]:
+    prefix = f"{store._paths.segment_prefix.lstrip('/')}s{pid}."
+    return [e for e in os.listdir("/dev/shm") if e.startswith(prefix)]
+
+
+def _check_groups_whole(store) -> None:
+    for group in range(8):
+        keys = _workers.stress_keys(group, 16)
+        values = store.mget(keys)
+        present = [v for v in values if v is not None]
+        assert len(present) in (0, len(keys)), f"half a batch in group {group}"
+        if present:
+            versions = {
+                _workers.check_stress_value(k, v) for k, v in zip(keys, values, strict=True)
+            }
+            assert len(versions) == 1, f"versions {versions} mixed in group {group}"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_writer_killed_mid_mset_leaves_whole_batches_and_no_segments(byte_store, seed):
+    step = random.Random(seed).randrange(1, 40)
+    writer, progress = _start(_workers.write_groups_until_killed, byte_store, 3)
+    _kill_at_step(writer, progress, step)
+    assert writer.exitcode == -signal.SIGKILL
+    _check_groups_whole(byte_store)
+    assert _eventually(lambda: not _staging_segments(byte_store, writer.pid), within_s=5)
+    byte_store.mset([("after", b"ok")])  # the manager serves on
+    assert byte_store.mget(["after"]) == [b"ok"]
+
+
+def test_writer_killed_between_staging_and_sending_leaves_no_segment(byte_store):
+    ours, theirs = _ctx.Pipe()
+    writer = _ctx.Process(target=_workers.stage_then_report, args=(byte_store, theirs))
+    writer.start()
+    segment = ours.recv()
+    assert os.path.exists(f"/dev/shm{segment}")
+    os.kill(writer.pid, signal.SIGKILL)
+    writer.join()
+    ours.close()
+    theirs.close()
+    assert _eventually(lambda: not os.path.exists(f"/dev/shm{segment}"), within_s=5)
+    assert byte_store.mget(["staged"]) == [None]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_reader_killed_mid_read_leaves_nothing_to_clean(byte_store, seed):
+    byte_store.mset([(k, b"v") for k in _workers.stress_keys(0, 16)])
+    reader, progress = _start(_workers.read_until_killed, byte_store)
+    _kill_at_step(reader, progress, random.Random(seed).randrange(1, 200))
+    byte_store.mset([("after", b"ok")])
+    assert byte_store.mget(["after"]) == [b"ok"]
+
+
+def test_call_in_flight_fails_promptly_when_the_manager_is_killed(byte_store):
+    results_r, results_w = _ctx.Pipe(duplex=False)
+    caller, progress = _start(_workers.call_until_manager_dies, byte_store, results_w)
+    results_w.close()
+    while progress.recv() < 3:
+        pass
+    os.kill(byte_store.manager_pid, signal.SIGKILL)
+    # The pytest timeout bounds this: a hang fails the test.
+    assert results_r.recv() == "StoreConnectionError"
+    caller.join()
+    progress.close()
+    results_r.close()
+    with pytest.raises(shmstore.StoreConnectionError):
+        byte_store.mget(["big0"])
+
+
+def test_ctrl_c_mid_call_never_leaves_the_proxy_out_of_step(byte_store):
+    results_r, results_w = _ctx.Pipe(duplex=False)
+    rounds = 300
+    victim, progress = _start(_workers.survive_interrupts, byte_store, results_w, rounds)
+    results_w.close()
+    rng = random.Random(7)
+    targets = sorted(rng.sample(range(rounds), 25))
+    for step in iter(progress.recv, rounds - 1):
+        if targets and step >= targets[0]:
+            targets.pop(0)
+            os.kill(victim.pid, signal.SIGINT)
+    interrupts, wrong = results_r.recv()
+    victim.join()
+    progress.close()
+    results_r.close()
+    assert victim.exitcode == 0
+    assert interrupts > 0  # the signals really landed inside calls
+    assert wrong == 0
