@@ -22,7 +22,8 @@ When the index fills past :data:`MAX_LOAD`, the manager builds ``i<gen+1>`` and
 switches INDEX_GEN; readers notice and map the new one.
 
 ``a<id>``, arena segments: each entry is the key's bytes then the value's, starting
-at an 8-byte boundary. Segment ids are never reused while the store lives.
+at an 8-byte boundary, in a block of its size class (:func:`entry_bytes`). Segment ids
+are never reused while the store lives.
 
 Consistency is a store-wide seqlock: the manager makes SEQ odd before it changes
 anything, applies a whole batch, and makes SEQ even again. A reader reads SEQ, reads
@@ -103,5 +104,9 @@ def key_hash(key_bytes: bytes) -> int:
 
 
 def entry_bytes(key_len: int, value_len: int) -> int:
-    """Arena bytes an entry occupies, rounded up to 8."""
-    return (key_len + value_len + 7) & ~7
+    """Arena bytes an entry occupies: its size rounded up to a size class, 16 classes to
+    each doubling (multiples of 8 below 256 bytes), so at most 1/16 is wasted and space
+    freed by one entry can be reused by any entry of its class."""
+    size = key_len + value_len
+    step = max(8, 1 << max(0, size.bit_length() - 5))
+    return -(-size // step) * step

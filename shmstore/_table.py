@@ -7,9 +7,10 @@ anything, :meth:`Table._make_room` grows the index and reserves every arena byte
 batch could need, so running out of ``/dev/shm`` raises :class:`StoreFullError` with
 nothing of the batch applied.
 
-Space of overwritten and deleted entries goes to a free list per entry size and is
-reused by later entries of the same size (the common case for a cache of embeddings);
-it is not coalesced or returned to the system while the store lives.
+Space of overwritten and deleted entries goes to a free list per size class and is
+reused by later entries of that class (every entry of a cache of embeddings is of one
+class); it is not coalesced across classes or returned to the system while the store
+lives, so a workload whose value sizes drift keeps the space its old sizes used.
 """
 
 from __future__ import annotations
@@ -130,11 +131,12 @@ class Table:
                     f"the store would hold {total} bytes of keys and values, over "
                     f"max_store_bytes={self._limits.max_store_bytes}"
                 )
-        sizes = [(len(kb) + n + 7) & ~7 for kb, n in zip(encoded, lengths, strict=True)]
+        sizes = [L.entry_bytes(len(kb), n) for kb, n in zip(encoded, lengths, strict=True)]
         self._make_room(sum(sizes), len(encoded))
         # One loop with everything bound locally: this is the manager's hot path.
         slots, index_buf, arenas, free = self._slots, self._index_buf, self._arenas, self._free
         find, key_at, crc32, pack_slot = self._find, self._key_at, L.key_hash, _SLOT.pack_into
+        entry_bytes = L.entry_bytes
         mask, arena_base, bump = self._capacity - 1, self._arena_id << L.OFFSET_BITS, self._bump
         used, live, live_bytes, order = self._used, self._live, self._live_bytes, self._next_order
         empty, deleted, offset_bits, offset_mask = L.EMPTY, L.DELETED, L.OFFSET_BITS, L.OFFSET_MASK
@@ -170,7 +172,7 @@ class Table:
                 if i >= 0:  # an overwrite keeps the key's place in the order, as a dict does
                     base = i * _W
                     old_vlen = slots[base + s_vlen]
-                    old_size = (klen + old_vlen + 7) & ~7
+                    old_size = entry_bytes(klen, old_vlen)
                     free.setdefault(old_size, []).append(slots[base + s_ref])
                     slots[base + s_ref] = ref
                     slots[base + s_vlen] = n

@@ -8,6 +8,7 @@ import random
 import select
 import shutil
 import signal
+import time
 import zlib
 
 VALUE_BYTES = 1536
@@ -114,6 +115,40 @@ def wait_for_exit(pid: int, timeout_s: float) -> bool:
         return bool(readable)
     finally:
         os.close(fd)
+
+
+def eventually(condition, within_s: float) -> bool:
+    """Whether ``condition()`` holds within ``within_s`` seconds, checked every 10 ms.
+
+    For what the manager does asynchronously after a client's connection ends (on that
+    connection's thread): a deadline on a promise, not a way of ordering steps.
+    """
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def shm_bytes(prefix: str) -> int:
+    """Bytes allocated to the /dev/shm entries whose names start with ``prefix``."""
+    return sum(
+        os.stat(os.path.join("/dev/shm", e)).st_blocks * 512
+        for e in os.listdir("/dev/shm")
+        if e.startswith(prefix)
+    )
+
+
+def manager_sockets(store) -> int:
+    """Sockets the manager holds: its listener and one per connection. (Its other
+    descriptors are the segments it maps, which grow with the store.)"""
+    return sockets_of(store.manager_pid)
+
+
+def rss_anon(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
 
 
 def kill(pid: int) -> None:
@@ -241,15 +276,20 @@ def run_conformance_suites(stores: dict, module_path: str) -> int:
         shutil.rmtree(os.environ["SHMSTORE_RUNTIME_DIR"], ignore_errors=True)
 
 
-def count_sockets() -> int:
-    """Number of sockets this process has open."""
+def sockets_of(pid: int) -> int:
+    """Number of sockets a process has open."""
     count = 0
-    for fd in os.listdir("/proc/self/fd"):
+    for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+            count += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
         except OSError:
             continue
     return count
+
+
+def count_sockets() -> int:
+    """Number of sockets this process has open."""
+    return sockets_of(os.getpid())
 
 
 # -- the stress test --------------------------------------------------------------------
@@ -410,3 +450,64 @@ def stage_then_report(store, progress) -> None:
 
     _store._SharedStoreBase._mset_request = staged_then_stop
     store.mset([("staged", b"x" * 1_000_000)])
+
+
+# -- load and soak ------------------------------------------------------------------------
+
+
+def hold_connections(name: str, count: int, ready, release) -> None:
+    """Attach ``count`` proxies (one connection each), use each, hold them all until
+    ``release``, then close them."""
+    import shmstore
+
+    proxies = [shmstore.SharedByteStore.attach(name) for _ in range(count)]
+    for i, proxy in enumerate(proxies):
+        key = f"{os.getpid()}:{i}"
+        proxy.mset([(key, key.encode())])
+        assert list(proxy.yield_keys(prefix=key)) == [key]  # a request on this connection
+        assert proxy.mget([key]) == [key.encode()]
+    ready.put(os.getpid())
+    release.wait()
+    for proxy in proxies:
+        proxy.close()
+
+
+def soak(store, worker: int, workers: int, seconds: float, results) -> None:
+    """Mixed mset, mget, mdelete and yield_keys for ``seconds``, on this worker's own keys
+    (whose every acknowledged state it tracks) and everyone's (whose integrity it
+    checks). Reports (expected final state of its keys, operations, violations)."""
+    rng = random.Random(worker)
+    own = [f"p{worker}:{i}" for i in range(64)]
+    everyone = [f"p{w}:{i}" for w in range(workers) for i in range(64)]
+    expected: dict[str, int | None] = {}
+    operations, violations = 0, []
+    version = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        operations += 1
+        dice = rng.random()
+        if dice < 0.35:
+            version += 1
+            batch = rng.sample(own, 8)
+            store.mset([(k, stress_value(k, version, rng.randrange(16, 3000))) for k in batch])
+            expected.update(dict.fromkeys(batch, version))
+        elif dice < 0.45:
+            batch = rng.sample(own, 4)
+            store.mdelete(batch)
+            expected.update(dict.fromkeys(batch, None))
+        elif dice < 0.95:
+            keys = rng.sample(own, 4) + rng.sample(everyone, 12)
+            for key, value in zip(keys, store.mget(keys), strict=True):
+                try:
+                    got = None if value is None else check_stress_value(key, value)
+                except AssertionError as exc:
+                    violations.append(f"torn: {exc}")
+                    continue
+                if key.startswith(f"p{worker}:") and got != expected.get(key):
+                    violations.append(f"lost: {key} is v{got}, v{expected.get(key)} was acked")
+        else:
+            listed = set(store.yield_keys(prefix=f"p{worker}:"))
+            live = {k for k, v in expected.items() if v is not None}
+            if listed != live:
+                violations.append(f"listing: {sorted(listed ^ live)[:3]} differ")
+    results.put((expected, operations, violations[:5], len(violations)))

@@ -9,7 +9,6 @@ import multiprocessing
 import os
 import random
 import signal
-import time
 
 import pytest
 
@@ -33,17 +32,6 @@ def _kill_at_step(process, progress, step: int) -> None:
     os.kill(process.pid, signal.SIGKILL)
     process.join()
     progress.close()
-
-
-def _eventually(condition, within_s: float) -> bool:
-    # The manager cleans up after a dead client on that client's connection thread,
-    # asynchronously; this is a deadline for that, not a way of ordering steps.
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def _staging_segments(store, pid: int) -> list[str]:
@@ -71,7 +59,7 @@ def test_writer_killed_mid_mset_leaves_whole_batches_and_no_segments(byte_store,
     _kill_at_step(writer, progress, step)
     assert writer.exitcode == -signal.SIGKILL
     _check_groups_whole(byte_store)
-    assert _eventually(lambda: not _staging_segments(byte_store, writer.pid), within_s=5)
+    assert _workers.eventually(lambda: not _staging_segments(byte_store, writer.pid), within_s=5)
     byte_store.mset([("after", b"ok")])  # the manager serves on
     assert byte_store.mget(["after"]) == [b"ok"]
 
@@ -86,7 +74,7 @@ def test_writer_killed_between_staging_and_sending_leaves_no_segment(byte_store)
     writer.join()
     ours.close()
     theirs.close()
-    assert _eventually(lambda: not os.path.exists(f"/dev/shm{segment}"), within_s=5)
+    assert _workers.eventually(lambda: not os.path.exists(f"/dev/shm{segment}"), within_s=5)
     assert byte_store.mget(["staged"]) == [None]
 
 
