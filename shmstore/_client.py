@@ -60,10 +60,7 @@ class Client:
             broke; the cause is chained.
         :raises StoreError: the manager answered with an error.
         """
-        if self._closed:
-            raise StoreClosedError(f"store {self._paths.name!r} is closed")
-        if self._pid != os.getpid():
-            self._forget_parent_connection()
+        self._check_usable()
         with self._lock:
             connection = self._connection or self._connect()
             try:
@@ -80,10 +77,7 @@ class Client:
 
     def connect(self) -> None:
         """Connect now rather than on the first request; same errors as :meth:`request`."""
-        if self._closed:
-            raise StoreClosedError(f"store {self._paths.name!r} is closed")
-        if self._pid != os.getpid():
-            self._forget_parent_connection()
+        self._check_usable()
         with self._lock:
             if self._connection is None:
                 self._connect()
@@ -97,10 +91,7 @@ class Client:
         :raises StoreClosedError: :meth:`close` was called.
         :raises StoreConnectionError: the manager is gone.
         """
-        if self._closed:
-            raise StoreClosedError(f"store {self._paths.name!r} is closed")
-        if self._pid != os.getpid():
-            self._forget_parent_connection()
+        self._check_usable()
         with self._lock:
             if self._connection is None:
                 self._connect()
@@ -116,6 +107,12 @@ class Client:
             self._forget_parent_connection()
         with self._lock:
             self._discard()
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise StoreClosedError(f"store {self._paths.name!r} is closed")
+        if self._pid != os.getpid():
+            self._forget_parent_connection()
 
     def _connect(self) -> Connection:
         authkey = self._authkey if self._authkey is not None else self._paths.read_key()

@@ -232,6 +232,13 @@ class _SharedStoreBase(BaseStore[str, V]):
         if self._client.closed:
             raise StoreClosedError(f"store {self.name!r} is closed")
 
+    def _mget_start(self, keys: Iterable[str]) -> tuple[list[str], list[bytes | None] | None]:
+        """The checked keys and, if they could be read straight from shared memory,
+        their raw values (``None``: the manager must answer)."""
+        key_list = _key_list(keys)
+        self._check_open()
+        return key_list, self._read_direct(key_list) if key_list else []
+
     def _read_direct(self, keys: list[str]) -> list[bytes | None] | None:
         """The raw values read straight from shared memory, or ``None`` when the
         manager must answer (direct reads off, segments not mapped, or no consistent
@@ -331,11 +338,7 @@ class _SharedStoreBase(BaseStore[str, V]):
         :raises InvalidKeyError: a key is not a ``str`` (nothing is sent).
         :raises StoreConnectionError: the manager cannot be reached.
         """
-        key_list = _key_list(keys)
-        self._check_open()
-        if not key_list:
-            return []
-        values = self._read_direct(key_list)
+        key_list, values = self._mget_start(keys)
         if values is None:
             values = self._client.request(self._frame(proto.MGET, key_list))
         return self._decode_values(values)
@@ -393,11 +396,7 @@ class _SharedStoreBase(BaseStore[str, V]):
         """Async :meth:`mget`: a direct read runs in the caller's thread (it never
         waits for another process); a read the manager must answer takes one executor
         hop."""
-        key_list = _key_list(keys)
-        self._check_open()
-        if not key_list:
-            return []
-        values = self._read_direct(key_list)
+        key_list, values = self._mget_start(keys)
         if values is None:
             values = await self._arequest(self._frame(proto.MGET, key_list))
         return self._decode_values(values)

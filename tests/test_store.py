@@ -8,6 +8,9 @@ import gc
 import os
 import pickle
 import stat
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -340,3 +343,31 @@ def test_many_threads_connect_while_a_slow_handshake_is_pending(byte_store):
             assert byte_store.mget(["k"]) == [b"v"]
     finally:
         silent.close()
+
+
+def test_works_without_langchain_installed():
+    code = textwrap.dedent(
+        """
+        import sys
+
+        class NoLangChain:  # as if langchain-core were not installed
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] == "langchain_core":
+                    raise ImportError(f"no module named {name!r}")
+
+        sys.meta_path.insert(0, NoLangChain())
+        import shmstore
+        from shmstore._basestore import BaseStore
+
+        with shmstore.SharedStore() as store, shmstore.SharedByteStore() as byte_store:
+            store.mset([("k", [1, "x"])])
+            byte_store.mset([("k", b"v")])
+            assert store.mget(["k", "missing"]) == [[1, "x"], None]
+            assert byte_store.mget(["k"]) == [b"v"]
+            assert isinstance(store, BaseStore) and list(store.yield_keys()) == ["k"]
+        assert "langchain_core" not in sys.modules
+        print("ok")
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "ok", done.stderr
