@@ -10,13 +10,16 @@ writes its configuration as one msgpack map to its stdin, and waits for the line
   apply it to the table under the table lock, send the reply. A thread woken straight
   out of ``read`` answers about 10 us sooner than an epoll loop on these machines, and
   a client that stalls mid-frame stalls nobody else. Decoding and encoding happen
-  outside the lock; only the table operation is inside it, so every batch is atomic to
-  every other process without any lock a client could hold.
+  outside the lock; only the table operation is inside it, and the table publishes
+  each write batch under its seqlock, so every batch is atomic to every other process
+  without any lock a client could hold. When a process's last connection ends, the
+  staging segments it left are unlinked.
 * **the main thread** accepts connections and waits for the end: SIGTERM (how the
   owner's ``close()`` stops the manager; ``signal.set_wakeup_fd`` wakes the wait) or the
   owner's exit, even by SIGKILL, seen through a pidfd (Linux 5.3+) or, elsewhere, by
-  polling the parent pid once a second. It then removes the socket and key and exits,
-  which closes every connection, so a dead job leaves no process and no file behind.
+  polling the parent pid once a second. It then unlinks the segments, socket and key
+  and exits, which closes every connection, so a dead job leaves no process, no file
+  and no shared memory behind.
 
 SIGINT is ignored (the manager also runs in its own session): Ctrl-C in a terminal is
 meant for the owner, which then closes the store.

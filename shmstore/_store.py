@@ -3,7 +3,8 @@
 A proxy is what every process holds. Constructing one starts a manager and makes this
 process its owner; :meth:`~_SharedStoreBase.attach` and unpickling give proxies to the same
 store in other processes. Every public method checks its whole batch first, then makes
-exactly one request, so a bad item never leaves half a batch applied.
+at most one request (an ``mget`` usually none: it reads shared memory itself), so a bad
+item never leaves half a batch applied.
 """
 
 from __future__ import annotations
@@ -259,6 +260,7 @@ class _SharedStoreBase(BaseStore[str, V]):
     def _mset_batch(
         self, key_value_pairs: Iterable[tuple[str, V]]
     ) -> tuple[list[str], list[bytes]] | None:
+        """The batch's keys and encoded values, every item checked; ``None`` if empty."""
         pairs = list(key_value_pairs)
         keys: list[str] = []
         values: list[Any] = []
