@@ -47,6 +47,10 @@ class Client:
         self._connection: Connection | None = None
         self._poller: select.poll | None = None
         self._closed = False
+        #: Counts the connections made. A new one may reach a new manager (the store
+        #: restarted under the same name), so state kept about the old one, such as
+        #: mappings of its segments, must be dropped when this changes.
+        self.generation = 0
 
     @property
     def closed(self) -> bool:
@@ -82,12 +86,12 @@ class Client:
             if self._connection is None:
                 self._connect()
 
-    def check_manager(self) -> None:
-        """Make sure the manager is alive, without a request: with no request
-        outstanding, anything readable on the connection is the EOF its exit left.
+    def check_manager(self) -> int:
+        """Make sure this process is connected to a live manager, without a request:
+        with no request outstanding, anything readable on the connection is the EOF its
+        exit left. Direct reads call this first, so they never serve a dead store.
 
-        Direct reads call this, so a read never returns a dead store's memory.
-
+        :returns: the connection's :attr:`generation`.
         :raises StoreClosedError: :meth:`close` was called.
         :raises StoreConnectionError: the manager is gone.
         """
@@ -99,6 +103,7 @@ class Client:
             if self._poller.poll(0):
                 self._discard()
                 raise StoreConnectionError(f"the manager of store {self._paths.name!r} has exited")
+            return self.generation
 
     def close(self) -> None:
         """Close the connection. Requests made afterwards raise :class:`StoreClosedError`."""
@@ -127,6 +132,7 @@ class Client:
                 f"cannot reach the manager of store {self._paths.name!r} at {self._paths.socket!r}"
             ) from exc
         self._connection = connection
+        self.generation += 1
         self._poller = select.poll()
         self._poller.register(connection.fileno(), select.POLLIN)
         return connection

@@ -121,9 +121,10 @@ class _SharedStoreBase(BaseStore[str, V]):
         limits: Limits | None = None,
     ) -> None:
         self._paths = paths
-        self._limits = limits  # None: an attached proxy reads them when it needs them
+        self._owned_limits = limits  # None: an attached proxy reads the store's header
+        self._limits: tuple[int, Limits] | None = None  # (connection generation, limits)
         self._client = Client(paths, authkey)
-        self._reader: DirectReader | None = None
+        self._reader: tuple[int, DirectReader] | None = None  # (connection generation, reader)
         self._manager = manager
         # Stops the manager if the owner drops the store without closing it, or exits.
         self._stop_manager = weakref.finalize(self, manager.stop) if manager else None
@@ -178,7 +179,7 @@ class _SharedStoreBase(BaseStore[str, V]):
         self._client.close()
         reader, self._reader = self._reader, None
         if reader is not None:
-            reader.close()
+            reader[1].close()
         if self._stop_manager is not None:
             self._stop_manager()
 
@@ -212,12 +213,15 @@ class _SharedStoreBase(BaseStore[str, V]):
 
         :raises StoreNotFoundError: the store has stopped.
         """
-        if self._limits is None:
+        if self._owned_limits is not None:
+            return self._owned_limits
+        generation = self._client.generation
+        if self._limits is None or self._limits[0] != generation:
             try:
-                self._limits = read_limits(self._paths.segment_prefix)
+                self._limits = generation, read_limits(self._paths.segment_prefix)
             except FileNotFoundError:
                 raise StoreNotFoundError(f"store {self.name!r} has stopped") from None
-        return self._limits
+        return self._limits[1]
 
     def _frame(self, *message: Any) -> bytes:
         frame = proto.pack(list(message))
@@ -246,16 +250,19 @@ class _SharedStoreBase(BaseStore[str, V]):
         read in a few tries)."""
         if not _reader.DIRECT_READS:
             return None
-        reader = self._reader
-        if reader is None:
+        # A live manager first: never serve a dead store's memory. Mappings belong to
+        # the connection they were made under: a new one may reach a store restarted
+        # under the same name, whose segments are new.
+        generation = self._client.check_manager()
+        if self._reader is None or self._reader[0] != generation:
+            if self._reader is not None:
+                self._reader[1].close()
+                self._reader = None
             try:
-                reader = self._reader = DirectReader(self._paths.segment_prefix)
+                self._reader = generation, DirectReader(self._paths.segment_prefix)
             except (OSError, ValueError):
-                return None  # the manager answers, or its absence raises
-        values = reader.get_many([key.encode("utf-8", "surrogatepass") for key in keys])
-        if values is not None:
-            self._client.check_manager()  # never return a dead store's memory
-        return values
+                return None  # the manager answers
+        return self._reader[1].get_many([key.encode("utf-8", "surrogatepass") for key in keys])
 
     def _mset_batch(
         self, key_value_pairs: Iterable[tuple[str, V]]

@@ -371,3 +371,20 @@ def test_works_without_langchain_installed():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_proxy_follows_a_store_restarted_under_the_same_name():
+    first = shmstore.SharedByteStore(name="restarted", max_value_bytes=10)
+    first.mset([("k", b"old")])
+    proxy = shmstore.SharedByteStore.attach("restarted")
+    assert proxy.mget(["k"]) == [b"old"]
+    assert proxy.limits.max_value_bytes == 10
+    first.close()
+    with pytest.raises(shmstore.StoreConnectionError):
+        proxy.mget(["k"])
+    with shmstore.SharedByteStore(name="restarted", max_value_bytes=20) as second:
+        second.mset([("k", b"new")])
+        # Never the old store's memory, nor its limits.
+        assert proxy.mget(["k"]) == [b"new"]
+        assert proxy.limits.max_value_bytes == 20
+    proxy.close()
