@@ -19,7 +19,6 @@ ever reading a reply that is not its own:
 from __future__ import annotations
 
 import os
-import select
 import threading
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client as _connect
@@ -45,11 +44,10 @@ class Client:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._connection: Connection | None = None
-        self._poller: select.poll | None = None
         self._closed = False
         #: Counts the connections made. A new one may reach a new manager (the store
         #: restarted under the same name), so state kept about the old one, such as
-        #: mappings of its segments, must be dropped when this changes.
+        #: the limits read from its header, must be read again when this changes.
         self.generation = 0
 
     @property
@@ -86,25 +84,6 @@ class Client:
             if self._connection is None:
                 self._connect()
 
-    def check_manager(self) -> int:
-        """Make sure this process is connected to a live manager, without a request:
-        with no request outstanding, anything readable on the connection is the EOF its
-        exit left. Direct reads call this first, so they never serve a dead store.
-
-        :returns: the connection's :attr:`generation`.
-        :raises StoreClosedError: :meth:`close` was called.
-        :raises StoreConnectionError: the manager is gone.
-        """
-        self._check_usable()
-        with self._lock:
-            if self._connection is None:
-                self._connect()
-            assert self._poller is not None
-            if self._poller.poll(0):
-                self._discard()
-                raise StoreConnectionError(f"the manager of store {self._paths.name!r} has exited")
-            return self.generation
-
     def close(self) -> None:
         """Close the connection. Requests made afterwards raise :class:`StoreClosedError`."""
         self._closed = True
@@ -133,13 +112,10 @@ class Client:
             ) from exc
         self._connection = connection
         self.generation += 1
-        self._poller = select.poll()
-        self._poller.register(connection.fileno(), select.POLLIN)
         return connection
 
     def _discard(self) -> None:
         connection, self._connection = self._connection, None
-        self._poller = None
         if connection is not None:
             connection.close()
 

@@ -8,7 +8,7 @@ access, which is atomic on x86-64.
 ``ctl`` (4 KiB), the header; words:
     0 MAGIC  1 VERSION  2 SEQ  3 INDEX_GEN  4 INDEX_CAPACITY  5 LIVE_KEYS
     6 LIVE_BYTES (keys and values)  7 NEXT_ORDER  8 MAX_VALUE_BYTES  9 MAX_BATCH_BYTES
-    10 MAX_STORE_BYTES  11-511 reserved (zero)
+    10 MAX_STORE_BYTES  11 MANAGER_PID  12-511 reserved (zero)
 
 ``i<gen>``, the index: an open-addressing hash table, linear probing, ``capacity``
 (a power of two) slots of :data:`SLOT_WORDS` words:
@@ -61,7 +61,7 @@ CTL_BYTES = 4096
 # header words
 W_MAGIC, W_VERSION, W_SEQ, W_INDEX_GEN, W_INDEX_CAPACITY = 0, 1, 2, 3, 4
 W_LIVE_KEYS, W_LIVE_BYTES, W_NEXT_ORDER = 5, 6, 7
-W_MAX_VALUE_BYTES, W_MAX_BATCH_BYTES, W_MAX_STORE_BYTES = 8, 9, 10
+W_MAX_VALUE_BYTES, W_MAX_BATCH_BYTES, W_MAX_STORE_BYTES, W_MANAGER_PID = 8, 9, 10, 11
 
 # slot words
 SLOT_WORDS = 5

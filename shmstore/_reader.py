@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import platform
+import select
+import weakref
 
 from . import _layout as L
 from ._limits import Limits
@@ -40,24 +42,51 @@ class _Torn(Exception):
 
 
 class DirectReader:
-    """Read-only mappings of one store's segments, and lookups in them.
+    """Read-only mappings of one store's segments, lookups in them, and a pidfd of the
+    manager that wrote them, to tell without a request or a lock whether it still runs.
 
     :raises FileNotFoundError: the store's segments do not exist (any more).
+    :raises ProcessLookupError: its manager has exited.
     :raises ValueError: they are of another layout version.
+    :raises OSError: no pidfds here (Linux before 5.3): the manager must answer reads.
     """
 
     def __init__(self, prefix: str) -> None:
         self._prefix = prefix
+        self._manager_fd = -1
+        self._close_manager_fd: weakref.finalize[[int], DirectReader] | None = None
         self._ctl = Segment.open(L.ctl_name(prefix))
         self._header = memoryview(self._ctl.buf).cast("Q")
-        if self._header[L.W_MAGIC] != L.MAGIC or self._header[L.W_VERSION] != L.VERSION:
-            self.close()
-            raise ValueError(f"segment {L.ctl_name(prefix)!r} is not a version {L.VERSION} store")
         self._generation = 0
         self._index: Segment | None = None
         self._slots = memoryview(b"").cast("Q")
         self._mask = -1
         self._arenas: dict[int, bytes] = {}  # segment id -> its mmap
+        if self._header[L.W_MAGIC] != L.MAGIC or self._header[L.W_VERSION] != L.VERSION:
+            self.close()
+            raise ValueError(f"segment {L.ctl_name(prefix)!r} is not a version {L.VERSION} store")
+        try:
+            self._manager_fd = os.pidfd_open(self._header[L.W_MANAGER_PID])
+        except BaseException:
+            self.close()
+            raise
+        # A raw descriptor, unlike an mmap, is not closed when its owner is collected.
+        self._close_manager_fd = weakref.finalize(self, os.close, self._manager_fd)
+
+    def manager_alive(self) -> bool:
+        """Whether the manager that wrote these segments still runs: one ``poll`` of
+        its pidfd (a poll object per call: they refuse concurrent use by threads)."""
+        exited = select.poll()
+        exited.register(self._manager_fd, select.POLLIN)
+        return not exited.poll(0)
+
+    @property
+    def limits(self) -> Limits:
+        """The limits the manager published in the header."""
+        header = self._header
+        return Limits(
+            header[L.W_MAX_VALUE_BYTES], header[L.W_MAX_BATCH_BYTES], header[L.W_MAX_STORE_BYTES]
+        )
 
     def get_many(self, encoded_keys: list[bytes]) -> list[bytes | None] | None:
         """The values of the keys (UTF-8 with surrogatepass), as of one moment, or
@@ -129,7 +158,9 @@ class DirectReader:
         return segment.buf  # type: ignore[return-value]
 
     def close(self) -> None:
-        """Drop every mapping."""
+        """Drop every mapping, and the pidfd."""
+        if self._close_manager_fd is not None:
+            self._close_manager_fd()  # a finalizer runs at most once
         self._header.release()
         self._slots.release()
         for segment in (self._ctl, self._index):

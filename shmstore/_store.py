@@ -124,7 +124,7 @@ class _SharedStoreBase(BaseStore[str, V]):
         self._owned_limits = limits  # None: an attached proxy reads the store's header
         self._limits: tuple[int, Limits] | None = None  # (connection generation, limits)
         self._client = Client(paths, authkey)
-        self._reader: tuple[int, DirectReader] | None = None  # (connection generation, reader)
+        self._reader: DirectReader | None = None
         self._manager = manager
         # Stops the manager if the owner drops the store without closing it, or exits.
         self._stop_manager = weakref.finalize(self, manager.stop) if manager else None
@@ -179,7 +179,7 @@ class _SharedStoreBase(BaseStore[str, V]):
         self._client.close()
         reader, self._reader = self._reader, None
         if reader is not None:
-            reader[1].close()
+            reader.close()
         if self._stop_manager is not None:
             self._stop_manager()
 
@@ -215,6 +215,9 @@ class _SharedStoreBase(BaseStore[str, V]):
         """
         if self._owned_limits is not None:
             return self._owned_limits
+        reader = self._reader
+        if reader is not None and reader.manager_alive():
+            return reader.limits  # the store this proxy reads, restarted or not
         generation = self._client.generation
         if self._limits is None or self._limits[0] != generation:
             try:
@@ -250,19 +253,21 @@ class _SharedStoreBase(BaseStore[str, V]):
         read in a few tries)."""
         if not _reader.DIRECT_READS:
             return None
-        # A live manager first: never serve a dead store's memory. Mappings belong to
-        # the connection they were made under: a new one may reach a store restarted
-        # under the same name, whose segments are new.
-        generation = self._client.check_manager()
-        if self._reader is None or self._reader[0] != generation:
-            if self._reader is not None:
-                self._reader[1].close()
-                self._reader = None
+        reader = self._reader
+        if reader is None:
             try:
-                self._reader = generation, DirectReader(self._paths.segment_prefix)
+                reader = self._reader = DirectReader(self._paths.segment_prefix)
             except (OSError, ValueError):
-                return None  # the manager answers
-        return self._reader[1].get_many([key.encode("utf-8", "surrogatepass") for key in keys])
+                return None  # the manager answers, or its absence raises
+        # Never serve a dead store's memory. The check is a pidfd poll, not a request
+        # or a lock, so a read never waits behind another thread's long write. With
+        # the manager gone, the request the caller falls back to raises, or, if the
+        # store was restarted under the same name, reaches the new one.
+        if not reader.manager_alive():
+            self._reader = None
+            reader.close()
+            return None
+        return reader.get_many([key.encode("utf-8", "surrogatepass") for key in keys])
 
     def _mset_batch(
         self, key_value_pairs: Iterable[tuple[str, V]]

@@ -15,6 +15,7 @@ lives, so a workload whose value sizes drift keeps the space its old sizes used.
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -64,6 +65,7 @@ class Table:
         self._header[L.W_MAX_VALUE_BYTES] = self._limits.max_value_bytes
         self._header[L.W_MAX_BATCH_BYTES] = self._limits.max_batch_bytes
         self._header[L.W_MAX_STORE_BYTES] = self._limits.max_store_bytes
+        self._header[L.W_MANAGER_PID] = os.getpid()
         self._index: Segment | None = None
         self._index_buf: Any = None
         self._slots = memoryview(b"").cast("Q")

@@ -373,6 +373,14 @@ def test_works_without_langchain_installed():
     assert done.stdout.strip() == "ok", done.stderr
 
 
+@pytest.mark.timeout(10)
+def test_direct_read_never_waits_behind_another_threads_request(byte_store):
+    byte_store.mset([("k", b"v")])
+    byte_store.mget(["k"])  # segments mapped
+    with byte_store._client._lock:  # as while another thread's long mset is in flight
+        assert byte_store.mget(["k"]) == [b"v"]
+
+
 def test_proxy_follows_a_store_restarted_under_the_same_name():
     first = shmstore.SharedByteStore(name="restarted", max_value_bytes=10)
     first.mset([("k", b"old")])
