@@ -92,7 +92,6 @@ class Manager:
         self._authkey = authkey
         self._owner_pid = owner_pid
         self._limits = limits
-        self._max_frame_bytes = limits.max_frame_bytes
         self._segment_bytes = segment_bytes
         self._table: Table | None = None  # created by open(): its segments outlive errors
         self._table_lock = threading.Lock()
@@ -221,7 +220,7 @@ class Manager:
             while True:
                 # A client killed mid-frame gives EOF here before anything of its
                 # partial frame is decoded, so none of that batch is applied.
-                frame = connection.recv_bytes(self._max_frame_bytes)
+                frame = connection.recv_bytes(self._limits.max_frame_bytes)
                 reply, keep = self._handle(frame, peer_pid)
                 connection.send_bytes(reply)
                 if not keep:

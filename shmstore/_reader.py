@@ -83,10 +83,7 @@ class DirectReader:
     @property
     def limits(self) -> Limits:
         """The limits the manager published in the header."""
-        header = self._header
-        return Limits(
-            header[L.W_MAX_VALUE_BYTES], header[L.W_MAX_BATCH_BYTES], header[L.W_MAX_STORE_BYTES]
-        )
+        return _limits_in(self._header)
 
     def get_many(self, encoded_keys: list[bytes]) -> list[bytes | None] | None:
         """The values of the keys (UTF-8 with surrogatepass), as of one moment, or
@@ -179,9 +176,13 @@ def read_limits(prefix: str) -> Limits:
     segment = Segment.open(L.ctl_name(prefix))
     header = memoryview(segment.buf).cast("Q")
     try:
-        return Limits(
-            header[L.W_MAX_VALUE_BYTES], header[L.W_MAX_BATCH_BYTES], header[L.W_MAX_STORE_BYTES]
-        )
+        return _limits_in(header)
     finally:
         header.release()
         segment.close()
+
+
+def _limits_in(header: memoryview) -> Limits:
+    return Limits(
+        header[L.W_MAX_VALUE_BYTES], header[L.W_MAX_BATCH_BYTES], header[L.W_MAX_STORE_BYTES]
+    )

@@ -78,9 +78,6 @@ class Table:
         self._free: dict[int, list[int]] = {}
         self._rebuild_index(INITIAL_CAPACITY)
 
-    def __len__(self) -> int:
-        return self._live
-
     # -- reads (the manager's own, for proxies that cannot read directly) --------------
 
     def get_many(self, keys: list[str]) -> list[bytes | None]:

@@ -7,7 +7,6 @@ import os
 import random
 import select
 import shutil
-import signal
 import time
 import zlib
 
@@ -149,10 +148,6 @@ def manager_sockets(store) -> int:
 def rss_anon(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssAnon:"))
-
-
-def kill(pid: int) -> None:
-    os.kill(pid, signal.SIGKILL)
 
 
 # -- model-based sequences -------------------------------------------------------------
