@@ -406,14 +406,19 @@ def call_until_manager_dies(store, results, progress) -> None:
         results.send(type(exc).__name__)
 
 
-def survive_interrupts(store, results, rounds: int, progress) -> None:
-    """Call the store ``rounds`` times, catching KeyboardInterrupt (real SIGINTs sent by
-    the test); after each, check that the proxy still answers this process's own
-    requests correctly. Reports (interrupts caught, wrong answers)."""
+def survive_interrupts(store, control, progress) -> None:
+    """Call the store round after round, catching KeyboardInterrupt (real SIGINTs sent by
+    the test), until ``control`` says stop; after each call, check that the proxy still
+    answers this process's own requests correctly. Each round starts by reporting
+    ``("round", n, interrupts)``, which is how the test knows a signal was caught before
+    it sends the next; the end reports ``("done", interrupts, wrong)``."""
     interrupts = wrong = 0
-    for n in range(rounds):
+    n = 0
+    while True:
         try:
-            progress.send(n)
+            progress.send(("round", n, interrupts))
+            if control.poll():
+                break
             store.mset([(f"i{n % 4}", f"v{n}".encode())])
             if list(store.yield_keys(prefix=f"i{n % 4}")) != [f"i{n % 4}"]:
                 wrong += 1
@@ -427,7 +432,8 @@ def survive_interrupts(store, results, rounds: int, progress) -> None:
                 wrong += 1
         except KeyboardInterrupt:
             interrupts += 1
-    results.send((interrupts, wrong))
+        n += 1
+    progress.send(("done", interrupts, wrong))
 
 
 def stage_then_report(store, progress) -> None:

@@ -104,20 +104,35 @@ def test_call_in_flight_fails_promptly_when_the_manager_is_killed(byte_store):
 
 
 def test_ctrl_c_mid_call_never_leaves_the_proxy_out_of_step(byte_store):
-    results_r, results_w = _ctx.Pipe(duplex=False)
-    rounds = 300
-    victim, progress = _start(_workers.survive_interrupts, byte_store, results_w, rounds)
-    results_w.close()
+    # One signal at a time: two pending SIGINTs would merge into one, so the next is sent
+    # only once the last has been handled, i.e. the victim reports it caught, or (should
+    # it have landed in a finalizer, which swallows it) 20 rounds have passed. The victim
+    # keeps calling the store until told to stop, so no signal lands after its loop.
+    control_r, control_w = _ctx.Pipe(duplex=False)
+    victim, progress = _start(_workers.survive_interrupts, byte_store, control_r)
+    control_r.close()
     rng = random.Random(7)
-    targets = sorted(rng.sample(range(rounds), 25))
-    for step in iter(progress.recv, rounds - 1):
-        if targets and step >= targets[0]:
-            targets.pop(0)
-            os.kill(victim.pid, signal.SIGINT)
-    interrupts, wrong = results_r.recv()
+    sent = caught = 0
+
+    def let_rounds_pass(rounds: int) -> None:
+        nonlocal caught
+        _, first, caught = progress.recv()
+        n = first
+        while (caught < sent and n < first + 20) or n < first + rounds:
+            _, n, caught = progress.recv()
+
+    for _ in range(25):
+        let_rounds_pass(rng.randrange(1, 8))  # so each signal lands somewhere new
+        os.kill(victim.pid, signal.SIGINT)
+        sent += 1
+    let_rounds_pass(1)
+    control_w.send("stop")
+    while (message := progress.recv())[0] != "done":
+        pass
+    _, interrupts, wrong = message
     victim.join()
     progress.close()
-    results_r.close()
+    control_w.close()
     assert victim.exitcode == 0
-    assert interrupts > 0  # the signals really landed inside calls
+    assert interrupts > sent // 2  # the signals really landed inside calls, and were caught
     assert wrong == 0
