@@ -45,7 +45,8 @@ from . import _protocol as proto
 from ._errors import ProtocolError, StoreError
 from ._limits import Limits
 from ._runtime import StorePaths
-from ._segment import Segment, unlink_segment
+from ._segment import Segment
+from ._staging import KEEP_BYTES
 from ._table import Table
 
 __all__ = ["Manager", "main"]
@@ -216,12 +217,13 @@ class Manager:
             return  # a failed or abandoned challenge: it never was a client
         with self._peers_lock:
             self._peers[peer_pid] += 1
+        staging = _MappedStaging()
         try:
             while True:
                 # A client killed mid-frame gives EOF here before anything of its
                 # partial frame is decoded, so none of that batch is applied.
                 frame = connection.recv_bytes(self._limits.max_frame_bytes)
-                reply, keep = self._handle(frame, peer_pid)
+                reply, keep = self._handle(frame, peer_pid, staging)
                 connection.send_bytes(reply)
                 if not keep:
                     return
@@ -229,6 +231,7 @@ class Manager:
             return  # EOF or a broken socket: drop this client only
         finally:
             connection.close()
+            staging.close()
             with self._peers_lock:
                 self._peers[peer_pid] -= 1
                 last = self._peers[peer_pid] == 0
@@ -238,14 +241,14 @@ class Manager:
                     # its staging segment behind; nobody else will ever unlink it.
                     self._paths.remove_segments(f"s{peer_pid}.")
 
-    def _handle(self, frame: bytes, peer_pid: int) -> tuple[bytes, bool]:
+    def _handle(self, frame: bytes, peer_pid: int, staging: _MappedStaging) -> tuple[bytes, bool]:
         """The reply to one request frame, and whether to keep the connection."""
         try:
             op, args = proto.parse_request(frame)
             if op == proto.MSET_SHM and not args[1].startswith(f"s{peer_pid}."):
                 raise ProtocolError("a client may only send its own staging segments")
             with self._table_lock:
-                result = self._apply(op, args)
+                result = self._apply(op, args, staging)
             return proto.ok_reply(result), True
         except ProtocolError as exc:
             return proto.error_reply(exc), False
@@ -255,7 +258,7 @@ class Manager:
             traceback.print_exc(file=sys.stderr)
             return proto.error_reply(StoreError(f"manager error: {exc!r}")), True
 
-    def _apply(self, op: int, args: list[Any]) -> Any:
+    def _apply(self, op: int, args: list[Any], staging: _MappedStaging) -> Any:
         table = self._table
         assert table is not None
         if op == proto.MGET:
@@ -267,16 +270,15 @@ class Manager:
         elif op == proto.KEYS:
             return table.keys(args[0])
         elif op == proto.MSET_SHM:
-            self._apply_staged(table, *args)
+            self._apply_staged(table, staging, *args)
         return None
 
-    def _apply_staged(self, table: Table, keys: list[str], name: str, lengths: list[int]) -> None:
+    def _apply_staged(
+        self, table: Table, staging: _MappedStaging, keys: list[str], name: str, lengths: list[int]
+    ) -> None:
         # The values are copied once, from the client's staging segment into the arena.
-        name = self._paths.segment_prefix + name
-        try:
-            segment = Segment.open(name)
-        except FileNotFoundError as exc:
-            raise ProtocolError(f"no staging segment {name!r}") from exc
+        # The client removes the segment, or reuses it (see shmstore._staging).
+        segment = staging.open(self._paths.segment_prefix + name)
         try:
             if sum(lengths) > segment.size:
                 raise ProtocolError("the staged values overrun their segment")
@@ -292,8 +294,40 @@ class Manager:
                     view.release()
                 whole.release()
         finally:
+            staging.done(segment)
+
+
+class _MappedStaging:
+    """One connection's mapping of its client's kept staging segment, so that the
+    pages are mapped once, not at every request; other segments are unmapped after use."""
+
+    def __init__(self) -> None:
+        self._segment: Segment | None = None
+
+    def open(self, name: str) -> Segment:
+        """The segment ``name``, mapped read-only.
+
+        :raises ProtocolError: there is no such segment.
+        """
+        segment = self._segment
+        if segment is not None and segment.name == name:
+            return segment
+        self.close()
+        try:
+            return Segment.open(name)
+        except FileNotFoundError as exc:
+            raise ProtocolError(f"no staging segment {name!r}") from exc
+
+    def done(self, segment: Segment) -> None:
+        if segment.size <= KEEP_BYTES:
+            self._segment = segment
+        else:
             segment.close()
-            unlink_segment(name)
+
+    def close(self) -> None:
+        segment, self._segment = self._segment, None
+        if segment is not None:
+            segment.close()
 
 
 def main() -> int:

@@ -87,6 +87,13 @@ class Segment:
         with contextlib.suppress(OSError, ValueError):  # an older kernel: fault on touch
             self.buf.madvise(_MADV_POPULATE_WRITE, start, length)
 
+    def seal(self) -> None:
+        """Close the writer's descriptor once everything is reserved (the mapping
+        keeps its own); :meth:`reserve` cannot be called afterwards."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
     def close(self) -> None:
         """Unmap (and, for the writer, close the descriptor); the name stays."""
         with contextlib.suppress(BufferError):  # a memoryview still exported: GC unmaps

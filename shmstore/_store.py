@@ -10,8 +10,6 @@ item never leaves half a batch applied.
 from __future__ import annotations
 
 import asyncio
-import itertools
-import os
 import reprlib
 import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -34,7 +32,7 @@ from ._launcher import ManagerProcess
 from ._limits import Limits
 from ._reader import DirectReader, read_limits
 from ._runtime import StorePaths, claim, default_runtime_dir, new_name
-from ._segment import Segment, unlink_segment
+from ._staging import Staged, Stager
 
 try:
     from langchain_core.stores import BaseStore
@@ -48,10 +46,8 @@ _Self = TypeVar("_Self", bound="_SharedStoreBase[Any]")
 
 #: An ``mset`` whose values add up to more bytes than this goes through a shared-memory
 #: staging segment instead of the socket: the manager copies each value once, from the
-#: staging segment into the arena.
+#: staging segment into the arena (:mod:`shmstore._staging`).
 STAGE_MIN_BYTES = 256 << 10
-
-_stage_numbers = itertools.count()
 
 _short = reprlib.Repr()
 _short.maxstring = _short.maxother = 60
@@ -125,6 +121,7 @@ class _SharedStoreBase(BaseStore[str, V]):
         self._limits: tuple[int, Limits] | None = None  # (connection generation, limits)
         self._client = Client(paths, authkey)
         self._reader: DirectReader | None = None
+        self._stager = Stager(paths.segment_prefix)
         self._manager = manager
         # Stops the manager if the owner drops the store without closing it, or exits.
         self._stop_manager = weakref.finalize(self, manager.stop) if manager else None
@@ -177,6 +174,7 @@ class _SharedStoreBase(BaseStore[str, V]):
         which every proxy of the store, in every process, raises
         :class:`StoreConnectionError`; elsewhere it only disconnects. Idempotent."""
         self._client.close()
+        self._stager.close()
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.close()
@@ -294,8 +292,9 @@ class _SharedStoreBase(BaseStore[str, V]):
         self._check_open()
         return (keys, encoded) if keys else None
 
-    def _mset_request(self, keys: list[str], values: list[bytes]) -> tuple[bytes, Segment | None]:
-        """The request frame, and the staging segment it names if the values are large.
+    def _mset_request(self, keys: list[str], values: list[bytes]) -> tuple[bytes, Staged | None]:
+        """The request frame, and the staged values it names if they are large; a
+        returned :class:`Staged` must be handed to ``self._stager.done``.
 
         :raises LimitExceededError: a value or the batch is over its limit (nothing sent).
         :raises StoreFullError: ``/dev/shm`` has no room to stage them (nothing sent).
@@ -308,17 +307,11 @@ class _SharedStoreBase(BaseStore[str, V]):
         # Connected first: the manager then knows this process, and unlinks its staging
         # segments if it dies before the request arrives.
         self._client.connect()
-        suffix = f"s{os.getpid()}.{next(_stage_numbers)}"
-        segment = Segment.create(self._paths.segment_prefix + suffix, max(total, 1))
+        staged = self._stager.stage(values, total, self._client.generation)
         try:
-            segment.reserve(0, segment.size)
-            buf, offset = segment.buf, 0
-            for value in values:
-                buf[offset : offset + len(value)] = value
-                offset += len(value)
-            return self._frame(proto.MSET_SHM, keys, suffix, sizes), segment
+            return self._frame(proto.MSET_SHM, keys, staged.suffix, sizes), staged
         except BaseException:
-            _unstage(segment)
+            self._stager.done(staged, replied=False)
             raise
 
     def _mdelete_frame(self, keys: Iterable[str]) -> bytes | None:
@@ -380,11 +373,13 @@ class _SharedStoreBase(BaseStore[str, V]):
         if batch is None:
             return
         frame, staged = self._mset_request(*batch)
+        replied = False
         try:
             self._client.request(frame)
+            replied = True
         finally:
             if staged is not None:
-                _unstage(staged)
+                self._stager.done(staged, replied)
 
     def mdelete(self, keys: Iterable[str]) -> None:
         """Delete ``keys``; keys that are not in the store are ignored. Atomic like ``mset``.
@@ -421,11 +416,13 @@ class _SharedStoreBase(BaseStore[str, V]):
         if batch is None:
             return
         frame, staged = self._mset_request(*batch)
+        replied = False
         try:
             await self._arequest(frame)
+            replied = True
         finally:
             if staged is not None:
-                _unstage(staged)
+                self._stager.done(staged, replied)
 
     async def amdelete(self, keys: Iterable[str]) -> None:
         """Async :meth:`mdelete`: one executor hop per call."""
@@ -530,13 +527,6 @@ class SharedStore(_SharedStoreBase[Any]):
             )
             for raw in values
         ]
-
-
-def _unstage(segment: Segment) -> None:
-    # The manager unlinks a staging segment once it has copied it; this covers a
-    # request that never reached it.
-    segment.close()
-    unlink_segment(segment.name)
 
 
 # Proxies rebuilt from pickles in this process, by class and address. A worker that

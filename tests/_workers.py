@@ -436,6 +436,15 @@ def survive_interrupts(store, control, progress) -> None:
     progress.send(("done", interrupts, wrong))
 
 
+def stage_twice_and_report(store, results) -> None:
+    """In a forked child: two large batches through the inherited proxy, then report
+    what a read gives and close it."""
+    for n in range(2):
+        store.mset([("child", (f"c{n}" * 150_000).encode())])
+    results.put(store.mget(["child"]))
+    store.close()
+
+
 def stage_then_report(store, progress) -> None:
     """Stage one large batch, report that its staging segment exists, and wait to be
     killed before the request is sent."""
@@ -444,10 +453,10 @@ def stage_then_report(store, progress) -> None:
     build_request = _store._SharedStoreBase._mset_request
 
     def staged_then_stop(self, keys, values):
-        frame, segment = build_request(self, keys, values)
-        progress.send(segment.name)
+        frame, staged = build_request(self, keys, values)
+        progress.send(staged.segment.name)
         progress.recv()  # never answered: the test kills us here
-        return frame, segment
+        return frame, staged
 
     _store._SharedStoreBase._mset_request = staged_then_stop
     store.mset([("staged", b"x" * 1_000_000)])

@@ -1,0 +1,113 @@
+"""Large batches travel through staging segments (shmstore._staging): a proxy keeps one
+for reuse, and must never reuse it while the manager could still be reading it, or
+leave it behind."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+
+import pytest
+
+from shmstore import _staging
+from tests import _workers
+
+LARGE = 300_000  # over STAGE_MIN_BYTES: staged
+
+
+def _segments_of(store, pid: int | None = None) -> list[str]:
+    prefix = f"{store._paths.segment_prefix.lstrip('/')}s{pid or os.getpid()}."
+    return sorted(e for e in os.listdir("/dev/shm") if e.startswith(prefix))
+
+
+def _value(tag: str, size: int = LARGE) -> bytes:
+    return (tag.encode() * (size // len(tag) + 1))[:size]
+
+
+def test_large_batches_reuse_one_kept_segment_which_close_removes(byte_store):
+    seen = []
+    for n in range(4):
+        byte_store.mset([(f"k{n}", _value(f"v{n}")), ("last", _value(f"last{n}"))])
+        seen.append(_segments_of(byte_store))
+    assert len(seen[0]) == 1 and seen == [seen[0]] * 4  # one segment, the same each time
+    assert byte_store.mget(["k0", "k3", "last"]) == [_value("v0"), _value("v3"), _value("last3")]
+    byte_store.close()
+    assert _segments_of(byte_store) == []
+
+
+def test_a_batch_over_the_kept_size_gets_a_segment_removed_after_it(byte_store):
+    big = _value("big", _staging.KEEP_BYTES + 1)
+    byte_store.mset([("big", big)])
+    assert _segments_of(byte_store) == []
+    assert byte_store.mget(["big"]) == [big]
+
+
+def test_kept_segment_is_replaced_after_a_request_without_reply(byte_store, monkeypatch):
+    byte_store.mset([("a", _value("a"))])
+    [first] = _segments_of(byte_store)
+    client = byte_store._client
+    request = client.request
+
+    def sent_then_interrupted(frame):
+        request(frame)  # the manager applies it, but the caller never sees the reply
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(client, "request", sent_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        byte_store.mset([("b", _value("b"))])
+    monkeypatch.undo()
+    assert _segments_of(byte_store) == []  # removed: the manager might still be reading it
+    byte_store.mset([("c", _value("c"))])
+    [second] = _segments_of(byte_store)
+    assert second != first
+    assert byte_store.mget(["a", "b", "c"]) == [_value("a"), _value("b"), _value("c")]
+
+
+def test_kept_segment_is_replaced_when_the_connection_is(byte_store):
+    # The manager removes a process's segments when its last connection ends, so one
+    # kept across a new connection may be gone.
+    byte_store.mset([("a", _value("a"))])
+    [first] = _segments_of(byte_store)
+    byte_store._client._discard()  # as an interrupted call does
+    assert _workers.eventually(lambda: not _segments_of(byte_store), within_s=5)
+    byte_store.mset([("b", _value("b"))])
+    assert _segments_of(byte_store) != [first]
+    assert byte_store.mget(["a", "b"]) == [_value("a"), _value("b")]
+
+
+def test_threads_staging_at_once_never_share_a_segment(byte_store):
+    rounds, wrong = 30, []
+
+    def write(tag: str) -> None:
+        for n in range(rounds):
+            pairs = [(f"{tag}:{i}", _value(f"{tag}{n}.{i}", 100_000)) for i in range(4)]
+            byte_store.mset(pairs)
+            if byte_store.mget([k for k, _ in pairs]) != [v for _, v in pairs]:
+                wrong.append((tag, n))
+
+    threads = [threading.Thread(target=write, args=(f"t{i}",)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert wrong == []
+    assert len(_segments_of(byte_store)) <= 1  # only the kept one outlives its batch
+
+
+def test_forked_child_stages_into_its_own_segment(byte_store):
+    byte_store.mset([("parent", _value("p0"))])  # the parent now keeps a segment
+    [parents] = _segments_of(byte_store)
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.SimpleQueue()
+    child = ctx.Process(target=_workers.stage_twice_and_report, args=(byte_store, results))
+    child.start()
+    child_values = results.get()
+    child.join()
+    results.close()
+    assert child.exitcode == 0
+    assert child_values == [_value("c1")]
+    assert _segments_of(byte_store) == [parents]  # untouched, still the parent's
+    assert _segments_of(byte_store, child.pid) == []  # the child's, removed at its close
+    byte_store.mset([("parent", _value("p1"))])
+    assert byte_store.mget(["parent", "child"]) == [_value("p1"), _value("c1")]
