@@ -10,8 +10,6 @@ imports this package, does not pay for importing LangChain.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from ._errors import (
     BatchTooLargeError,
     InvalidBatchError,
@@ -29,7 +27,12 @@ from ._errors import (
     ValueTooLargeError,
 )
 
+# The manager process imports this package: typing, like the store classes, is kept out
+# of its memory (annotations are not evaluated at run time).
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from typing import Any
+
     from ._store import SharedByteStore, SharedStore
 
 __version__ = "0.1.0"

@@ -89,7 +89,7 @@ class ManagerProcess:
             "name": paths.name,
             "authkey": authkey,
             "owner_pid": os.getpid(),
-            "limits": vars(limits),
+            "limits": limits._asdict(),
             "segment_bytes": segment_bytes,
         }
         try:

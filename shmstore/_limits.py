@@ -14,8 +14,8 @@ up to 1 GiB, and three quarters of the size of ``/dev/shm`` for the whole store.
 from __future__ import annotations
 
 import os
+from collections import namedtuple
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from ._errors import BatchTooLargeError, ValueTooLargeError
 
@@ -33,13 +33,27 @@ def _shm_bytes() -> int:
     return info.f_blocks * info.f_frsize
 
 
-@dataclass(frozen=True)
-class Limits:
-    """See the module docstring. Construct with :meth:`resolve`."""
+# A named tuple rather than a dataclass: the manager imports this module, and
+# dataclasses (with inspect and ast) would cost it about 1 MB of private memory. The
+# type checker sees the same fields, typed.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NamedTuple
 
-    max_value_bytes: int
-    max_batch_bytes: int
-    max_store_bytes: int
+    class _Fields(NamedTuple):
+        max_value_bytes: int
+        max_batch_bytes: int
+        max_store_bytes: int
+else:
+    _Fields = namedtuple("Limits", ["max_value_bytes", "max_batch_bytes", "max_store_bytes"])
+
+
+class Limits(_Fields):
+    """See the module docstring. Construct with :meth:`resolve`. Fields, in bytes:
+    ``max_value_bytes``, ``max_batch_bytes``, ``max_store_bytes``; ``_asdict()`` gives
+    them as a dict."""
+
+    __slots__ = ()
 
     @classmethod
     def resolve(
@@ -57,7 +71,7 @@ class Limits:
             _DEFAULT_BATCH_BYTES if max_batch_bytes is None else max_batch_bytes,
             _shm_bytes() * 3 // 4 if max_store_bytes is None else max_store_bytes,
         )
-        for name, value in vars(limits).items():
+        for name, value in limits._asdict().items():
             if type(value) is not int or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         return limits

@@ -35,9 +35,7 @@ import socket
 import struct
 import sys
 import threading
-import traceback
 from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
-from typing import Any
 
 import msgpack
 
@@ -48,6 +46,12 @@ from ._runtime import StorePaths
 from ._segment import Segment
 from ._staging import KEEP_BYTES
 from ._table import Table
+
+# typing is imported for the type checker only: the manager imports this module, and
+# at run time typing would cost that process memory for nothing.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Manager", "main"]
 
@@ -255,6 +259,8 @@ class Manager:
         except StoreError as exc:
             return proto.error_reply(exc), True
         except Exception as exc:  # a bug in the manager: report it, keep serving
+            import traceback  # only here: kept out of the manager's memory otherwise
+
             traceback.print_exc(file=sys.stderr)
             return proto.error_reply(StoreError(f"manager error: {exc!r}")), True
 

@@ -26,7 +26,6 @@ included, is a key that round-trips exactly.
 from __future__ import annotations
 
 import re
-from typing import Any, NoReturn
 
 import msgpack
 
@@ -41,6 +40,12 @@ from ._errors import (
     StoreTooLargeError,
     ValueTooLargeError,
 )
+
+# typing is imported for the type checker only: the manager imports this module, and
+# at run time typing would cost that process memory for nothing.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NoReturn
 
 __all__ = [
     "KEYS",

@@ -22,11 +22,10 @@ import contextlib
 import errno
 import os
 import re
-import secrets
 import socket
 import stat
 import tempfile
-from dataclasses import dataclass
+from collections import namedtuple
 
 from ._errors import StoreError, StoreNotFoundError, StorePermissionError
 from ._layout import segment_prefix
@@ -85,27 +84,43 @@ def _check_private(path: str) -> None:
 
 def new_name() -> str:
     """A fresh random store name: 16 hex digits."""
-    return secrets.token_hex(8)
+    return os.urandom(8).hex()
 
 
-@dataclass(frozen=True)
-class StorePaths:
-    """The files of the store ``name`` in ``directory``."""
+# A named tuple rather than a dataclass, as Limits is, to keep the manager small.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import NamedTuple
 
-    directory: str
-    name: str
+    class _Fields(NamedTuple):
+        directory: str
+        name: str
+else:
+    _Fields = namedtuple("StorePaths", ["directory", "name"])
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
+
+class StorePaths(_Fields):
+    """The files of the store ``name`` in ``directory``.
+
+    :raises ValueError: ``name`` is not a valid store name.
+    :raises StoreError: the socket's path would be too long for a unix socket.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, directory: str, name: str) -> StorePaths:
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise ValueError(
-                f"store name {self.name!r} must be 1-64 letters, digits, '_', '.' or '-', "
+                f"store name {name!r} must be 1-64 letters, digits, '_', '.' or '-', "
                 "starting with a letter or digit"
             )
+        self = super().__new__(cls, directory, name)
         if len(os.fsencode(self.socket)) > _MAX_SOCKET_PATH:
             raise StoreError(
                 f"socket path {self.socket!r} exceeds the {_MAX_SOCKET_PATH}-byte limit of "
                 "unix sockets; set SHMSTORE_RUNTIME_DIR to a shorter directory"
             )
+        return self
 
     @property
     def socket(self) -> str:
@@ -201,7 +216,7 @@ def claim(paths: StorePaths) -> bytes:
     :raises StoreError: a live store already has that name.
     """
     private_dir(paths.directory)
-    key = secrets.token_bytes(AUTHKEY_BYTES)
+    key = os.urandom(AUTHKEY_BYTES)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
     for _attempt in range(2):
         try:

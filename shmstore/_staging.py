@@ -32,7 +32,6 @@ from __future__ import annotations
 import itertools
 import os
 import threading
-from dataclasses import dataclass
 
 from ._segment import Segment, unlink_segment
 
@@ -46,13 +45,13 @@ _MIN_KEPT_BYTES = 1 << 20
 _numbers = itertools.count()
 
 
-@dataclass
 class Staged:
     """Values staged for one request: ``suffix`` names the segment in the request."""
 
-    segment: Segment
-    suffix: str
-    kept: bool
+    __slots__ = ("kept", "segment", "suffix")
+
+    def __init__(self, segment: Segment, suffix: str, kept: bool) -> None:
+        self.segment, self.suffix, self.kept = segment, suffix, kept
 
 
 class Stager:

@@ -18,12 +18,17 @@ from __future__ import annotations
 import os
 import struct
 from collections.abc import Sequence
-from typing import Any
 
 from . import _layout as L
 from ._errors import StoreTooLargeError
 from ._limits import Limits
 from ._segment import Segment, unlink_segment
+
+# typing is imported for the type checker only: the manager imports this module, and
+# at run time typing would cost that process memory for nothing.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Table"]
 

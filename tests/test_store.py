@@ -114,7 +114,7 @@ def test_manager_enforces_limits_a_client_did_not_check(limited_store):
 
 def test_attached_proxy_learns_the_limits_from_the_store(limited_store):
     with shmstore.SharedByteStore.attach(limited_store.name) as other:
-        assert vars(other.limits) == LIMITS
+        assert other.limits._asdict() == LIMITS
         with pytest.raises(shmstore.ValueTooLargeError):
             other.mset([("big", b"x" * 1001)])
 
