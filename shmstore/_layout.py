@@ -98,9 +98,9 @@ def arena_name(prefix: str, segment_id: int) -> str:
     return f"{prefix}a{segment_id}"
 
 
-def key_hash(key_bytes: bytes) -> int:
-    """The stable 32-bit hash of a key (Python's ``hash`` differs between processes)."""
-    return zlib.crc32(key_bytes)
+#: ``key_hash(key_bytes) -> int``: the stable 32-bit hash of a key, CRC-32 (Python's
+#: ``hash`` differs between processes). Bound directly, as the writer's hot loop calls it.
+key_hash = zlib.crc32
 
 
 def entry_bytes(key_len: int, value_len: int) -> int:

@@ -15,6 +15,7 @@ lives, so a workload whose value sizes drift keeps the space its old sizes used.
 
 from __future__ import annotations
 
+import operator
 import os
 import struct
 from collections.abc import Sequence
@@ -37,6 +38,7 @@ ARENA_BYTES = 256 << 20
 #: Granularity of page reservation in an arena segment.
 RESERVE_STEP = 1 << 20
 INITIAL_CAPACITY = 1024
+_SIZE_CACHE_ENTRIES = 4096
 
 _W = L.SLOT_WORDS
 # A whole slot in one write, native byte order as the memoryview.cast("Q") readers use.
@@ -81,6 +83,7 @@ class Table:
         self._arena_id = 0
         self._bump = self._reserved_to = 0
         self._free: dict[int, list[int]] = {}
+        self._size_of: dict[int, int] = {}  # key + value bytes -> entry bytes
         self._rebuild_index(INITIAL_CAPACITY)
 
     # -- reads (the manager's own, for proxies that cannot read directly) --------------
@@ -135,12 +138,12 @@ class Table:
                     f"the store would hold {total} bytes of keys and values, over "
                     f"max_store_bytes={self._limits.max_store_bytes}"
                 )
-        sizes = [L.entry_bytes(len(kb), n) for kb, n in zip(encoded, lengths, strict=True)]
+        sizes = self._entry_sizes(list(map(len, encoded)), lengths)
         self._make_room(sum(sizes), len(encoded))
         # One loop with everything bound locally: this is the manager's hot path.
         slots, index_buf, arenas, free = self._slots, self._index_buf, self._arenas, self._free
         find, key_at, crc32, pack_slot = self._find, self._key_at, L.key_hash, _SLOT.pack_into
-        entry_bytes = L.entry_bytes
+        size_of = self._size_of
         mask, arena_base, bump = self._capacity - 1, self._arena_id << L.OFFSET_BITS, self._bump
         used, live, live_bytes, order = self._used, self._live, self._live_bytes, self._next_order
         empty, deleted, offset_bits, offset_mask = L.EMPTY, L.DELETED, L.OFFSET_BITS, L.OFFSET_MASK
@@ -176,7 +179,7 @@ class Table:
                 if i >= 0:  # an overwrite keeps the key's place in the order, as a dict does
                     base = i * _W
                     old_vlen = slots[base + s_vlen]
-                    old_size = entry_bytes(klen, old_vlen)
+                    old_size = size_of.get(klen + old_vlen) or L.entry_bytes(klen, old_vlen)
                     free.setdefault(old_size, []).append(slots[base + s_ref])
                     slots[base + s_ref] = ref
                     slots[base + s_vlen] = n
@@ -253,6 +256,20 @@ class Table:
             elif slots[base + L.S_HASH_KLEN] == want and self._key_at(ref, len(kb)) == kb:
                 return i
             i = (i + 1) & mask
+
+    def _entry_sizes(self, key_lengths: list[int], value_lengths: list[int]) -> list[int]:
+        """``L.entry_bytes`` of each entry, through a cache of the sizes seen (a cache of
+        embeddings has one), which the hot loop also reads."""
+        size_of = self._size_of
+        totals = list(map(operator.add, key_lengths, value_lengths))
+        try:
+            return [size_of[total] for total in totals]
+        except KeyError:
+            if len(size_of) > _SIZE_CACHE_ENTRIES:
+                size_of.clear()
+            for total in totals:
+                size_of[total] = L.entry_bytes(total, 0)
+            return [size_of[total] for total in totals]
 
     def _release(self, ref: int, size: int) -> None:
         self._free.setdefault(size, []).append(ref)
