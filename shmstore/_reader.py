@@ -104,7 +104,9 @@ class DirectReader:
         return None
 
     def _lookup(self, encoded_keys: list[bytes]) -> list[bytes | None]:
-        # The readers' hot path: one loop, everything bound locally, the probe inline.
+        # The readers' hot path: one loop, everything bound locally. A key is usually
+        # settled at its first slot (the index stays under MAX_LOAD), so that probe is
+        # inline and only a collision takes the bounded search.
         slots, mask, arenas = self._slots, self._mask, self._arenas
         crc32, empty, deleted = L.key_hash, L.EMPTY, L.DELETED
         offset_bits, offset_mask = L.OFFSET_BITS, L.OFFSET_MASK
@@ -114,27 +116,43 @@ class DirectReader:
             h = crc32(kb)
             klen = len(kb)
             want = h | klen << 32
-            i = h & mask
-            for _ in range(mask + 1):
-                base = i * _W
-                ref = slots[base + 1]
-                if ref == empty:
-                    append(None)
-                    break
-                if ref != deleted and slots[base] == want:
-                    arena = ref >> offset_bits
-                    buf = arenas.get(arena) or self._map_arena(arena)
-                    off = ref & offset_mask
-                    end = off + klen + slots[base + 2]
-                    if end > len(buf):
-                        raise _Torn
-                    if buf[off : off + klen] == kb:
-                        append(buf[off + klen : end])
-                        break
-                i = (i + 1) & mask
-            else:
-                raise _Torn  # a full table cannot be: the index was being rebuilt
+            base = (h & mask) * _W
+            ref = slots[base + 1]
+            if ref == empty:
+                append(None)
+                continue
+            if ref != deleted and slots[base] == want:
+                buf = arenas.get(ref >> offset_bits) or self._map_arena(ref >> offset_bits)
+                off = ref & offset_mask
+                end = off + klen + slots[base + 2]
+                if end > len(buf):
+                    raise _Torn
+                if buf[off : off + klen] == kb:
+                    append(buf[off + klen : end])
+                    continue
+            append(self._probe(kb, want, (h + 1) & mask))
         return out
+
+    def _probe(self, kb: bytes, want: int, start: int) -> bytes | None:
+        """The rest of a key's search, from slot ``start`` on."""
+        slots, mask, klen = self._slots, self._mask, len(kb)
+        i = start
+        for _ in range(mask):
+            base = i * _W
+            ref = slots[base + 1]
+            if ref == L.EMPTY:
+                return None
+            if ref != L.DELETED and slots[base] == want:
+                arena = ref >> L.OFFSET_BITS
+                buf = self._arenas.get(arena) or self._map_arena(arena)
+                off = ref & L.OFFSET_MASK
+                end = off + klen + slots[base + 2]
+                if end > len(buf):
+                    raise _Torn
+                if buf[off : off + klen] == kb:
+                    return buf[off + klen : end]
+            i = (i + 1) & mask
+        raise _Torn  # a full table cannot be: the index was being rebuilt
 
     def _map_index(self, generation: int, capacity: int) -> None:
         segment = Segment.open(L.index_name(self._prefix, generation))
