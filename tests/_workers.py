@@ -3,6 +3,7 @@ spawn, forkserver and loky workers."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import random
 import select
@@ -101,6 +102,19 @@ def own_a_store(cls_name: str, info, stop) -> None:
     info.put((store.name, store.manager_pid))
     stop.wait()
     store.close()
+
+
+def run_in_child(method: str, target, *args):
+    """Run ``target(*args, results)`` in a child started by ``method``, where it puts
+    one result on ``results``; returns (that result, the child's exit code, its pid)."""
+    ctx = multiprocessing.get_context(method)
+    results = ctx.SimpleQueue()
+    child = ctx.Process(target=target, args=(*args, results))
+    child.start()
+    result = results.get()
+    child.join()
+    results.close()
+    return result, child.exitcode, child.pid
 
 
 def wait_for_exit(pid: int, timeout_s: float) -> bool:

@@ -114,14 +114,10 @@ def test_proxy_used_by_parent_and_child_at_once_never_crosses_replies(byte_store
 
 def test_forked_child_of_the_owner_is_not_an_owner(byte_store):
     byte_store.mset([("k", b"v")])
-    ctx = multiprocessing.get_context("fork")
-    results = ctx.SimpleQueue()
-    child = ctx.Process(target=_workers.report_role_then_close, args=(byte_store, results))
-    child.start()
-    manager_pid_in_child = results.get()
-    child.join()
-    results.close()
-    assert child.exitcode == 0
+    manager_pid_in_child, exitcode, _ = _workers.run_in_child(
+        "fork", _workers.report_role_then_close, byte_store
+    )
+    assert exitcode == 0
     assert manager_pid_in_child is None
     # the child's close() only disconnected it
     assert byte_store.mget(["k"]) == [b"v"]

@@ -4,7 +4,6 @@ leave it behind."""
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import threading
 
@@ -98,16 +97,12 @@ def test_threads_staging_at_once_never_share_a_segment(byte_store):
 def test_forked_child_stages_into_its_own_segment(byte_store):
     byte_store.mset([("parent", _value("p0"))])  # the parent now keeps a segment
     [parents] = _segments_of(byte_store)
-    ctx = multiprocessing.get_context("fork")
-    results = ctx.SimpleQueue()
-    child = ctx.Process(target=_workers.stage_twice_and_report, args=(byte_store, results))
-    child.start()
-    child_values = results.get()
-    child.join()
-    results.close()
-    assert child.exitcode == 0
+    child_values, exitcode, child_pid = _workers.run_in_child(
+        "fork", _workers.stage_twice_and_report, byte_store
+    )
+    assert exitcode == 0
     assert child_values == [_value("c1")]
     assert _segments_of(byte_store) == [parents]  # untouched, still the parent's
-    assert _segments_of(byte_store, child.pid) == []  # the child's, removed at its close
+    assert _segments_of(byte_store, child_pid) == []  # the child's, removed at its close
     byte_store.mset([("parent", _value("p1"))])
     assert byte_store.mget(["parent", "child"]) == [_value("p1"), _value("c1")]
