@@ -229,6 +229,9 @@ class Manager:
                 frame = connection.recv_bytes(self._limits.max_frame_bytes)
                 reply, keep = self._handle(frame, peer_pid, staging)
                 connection.send_bytes(reply)
+                with self._table_lock:  # while the client prepares its next request
+                    if self._table is not None:
+                        self._table.reserve_ahead()
                 if not keep:
                     return
         except Exception:

@@ -21,7 +21,7 @@ import struct
 from collections.abc import Sequence
 
 from . import _layout as L
-from ._errors import StoreTooLargeError
+from ._errors import StoreFullError, StoreTooLargeError
 from ._limits import Limits
 from ._segment import Segment, unlink_segment
 
@@ -36,7 +36,9 @@ __all__ = ["Table"]
 #: Virtual size of an arena segment; pages are reserved as they are used.
 ARENA_BYTES = 256 << 20
 #: Granularity of page reservation in an arena segment.
-RESERVE_STEP = 1 << 20
+RESERVE_STEP = 256 << 10
+#: Arena bytes :meth:`Table.reserve_ahead` keeps reserved past the bump pointer.
+RESERVE_AHEAD = 512 << 10
 INITIAL_CAPACITY = 1024
 _SIZE_CACHE_ENTRIES = 4096
 
@@ -304,6 +306,24 @@ class Table:
         if self._bump + need > self._reserved_to:
             end = min(arena.size, -(-(self._bump + need) // RESERVE_STEP) * RESERVE_STEP)
             arena.reserve(self._reserved_to, end - self._reserved_to)
+            self._reserved_to = end
+
+    def reserve_ahead(self) -> None:
+        """Reserve arena pages past the bump pointer, up to ``RESERVE_AHEAD`` bytes, for
+        the batches to come. Reserving costs the kernel about 0.6 ms per MiB on the
+        virtual machines this was measured on, a sixth of a batch of new 1.5 kB values;
+        the manager calls this after replying, while the client prepares its next
+        request, so that cost is rarely waited for. Best effort: if ``/dev/shm`` is full,
+        the batch that needs the pages reports it."""
+        arena = self._arenas.get(self._arena_id)
+        if arena is None or self._reserved_to - self._bump >= RESERVE_AHEAD:
+            return
+        end = min(arena.size, -(-(self._bump + RESERVE_AHEAD) // RESERVE_STEP) * RESERVE_STEP)
+        if end > self._reserved_to:
+            try:
+                arena.reserve(self._reserved_to, end - self._reserved_to)
+            except StoreFullError:
+                return
             self._reserved_to = end
 
     def _rebuild_index(self, capacity: int) -> None:
