@@ -64,6 +64,7 @@ class Stager:
         self._kept_suffix = ""
         self._kept_pid = 0
         self._kept_generation = -1
+        self._closed = False
 
     def stage(self, values: list[bytes], total: int, generation: int) -> Staged:
         """Copy ``values`` (``total`` bytes) into a staging segment. Every call must be
@@ -97,18 +98,24 @@ class Stager:
         if not staged.kept:
             _remove(staged.segment)
             return
-        if not replied:
+        if not replied or self._closed:
             self._drop_kept()
         self._lock.release()
 
-    def close(self) -> None:
-        """Remove the kept segment (unless a batch is being staged into it right now,
-        in which case its request's :meth:`done` or the manager removes it)."""
+    def release(self) -> None:
+        """Remove the kept segment, unless a batch is in it right now; the next large
+        batch makes a new one."""
         if self._lock.acquire(blocking=False):
             try:
                 self._drop_kept()
             finally:
                 self._lock.release()
+
+    def close(self) -> None:
+        """Remove the kept segment now, or, if a batch is in it right now, when that
+        batch's request is done; none is kept afterwards."""
+        self._closed = True
+        self.release()
 
     def _kept_for(self, total: int, generation: int) -> tuple[Segment, str]:
         segment, pid = self._kept, os.getpid()

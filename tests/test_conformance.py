@@ -27,7 +27,7 @@ def _empty_store(cls_name: str):
         yield inherited
         # What closing the store would release: the staging segment the proxy keeps
         # for its next large batch (a descriptor the leak check would count).
-        inherited._stager.close()
+        inherited._stager.release()
 
 
 class _ByteStoreFixtures:

@@ -106,3 +106,13 @@ def test_forked_child_stages_into_its_own_segment(byte_store):
     assert _segments_of(byte_store, child_pid) == []  # the child's, removed at its close
     byte_store.mset([("parent", _value("p1"))])
     assert byte_store.mget(["parent", "child"]) == [_value("p1"), _value("c1")]
+
+
+def test_closing_while_a_batch_is_staged_removes_the_segment_when_it_is_done(byte_store):
+    stager = _staging.Stager(byte_store._paths.segment_prefix)
+    staged = stager.stage([_value("x")], LARGE, generation=1)
+    assert staged.kept and _segments_of(byte_store) == [staged.segment.name.lstrip("/")]
+    stager.close()  # another thread closes the proxy mid-request: the segment is in use
+    assert len(_segments_of(byte_store)) == 1
+    stager.done(staged, replied=True)
+    assert _segments_of(byte_store) == []
