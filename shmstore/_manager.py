@@ -229,9 +229,12 @@ class Manager:
                 frame = connection.recv_bytes(self._limits.max_frame_bytes)
                 reply, keep = self._handle(frame, peer_pid, staging)
                 connection.send_bytes(reply)
-                with self._table_lock:  # while the client prepares its next request
-                    if self._table is not None:
-                        self._table.reserve_ahead()
+                # While the client prepares its next request; the unlocked check keeps
+                # reads from queueing behind a write for nothing.
+                table = self._table
+                if table is not None and table.short_of_reserve():
+                    with self._table_lock:
+                        table.reserve_ahead()
                 if not keep:
                     return
         except Exception:

@@ -325,6 +325,16 @@ class _SharedStoreBase(BaseStore[str, V]):
         self._check_open()
         return self._frame(proto.KEYS, prefix)
 
+    def _send_mset(self, frame: bytes, staged: Staged | None) -> None:
+        """Send an ``mset`` request, then hand its staged values back to the stager."""
+        replied = False
+        try:
+            self._client.request(frame)
+            replied = True
+        finally:
+            if staged is not None:
+                self._stager.done(staged, replied)
+
     async def _arequest(self, frame: bytes) -> Any:
         # One hop to the default executor per call, never per key. The request runs to
         # completion on its thread even if the awaiting task is cancelled, so the
@@ -372,14 +382,7 @@ class _SharedStoreBase(BaseStore[str, V]):
         batch = self._mset_batch(key_value_pairs)
         if batch is None:
             return
-        frame, staged = self._mset_request(*batch)
-        replied = False
-        try:
-            self._client.request(frame)
-            replied = True
-        finally:
-            if staged is not None:
-                self._stager.done(staged, replied)
+        self._send_mset(*self._mset_request(*batch))
 
     def mdelete(self, keys: Iterable[str]) -> None:
         """Delete ``keys``; keys that are not in the store are ignored. Atomic like ``mset``.
@@ -415,14 +418,10 @@ class _SharedStoreBase(BaseStore[str, V]):
         batch = self._mset_batch(key_value_pairs)
         if batch is None:
             return
+        # The staged values are released on the executor's thread, once the request is
+        # over, even if the awaiting task is cancelled.
         frame, staged = self._mset_request(*batch)
-        replied = False
-        try:
-            await self._arequest(frame)
-            replied = True
-        finally:
-            if staged is not None:
-                self._stager.done(staged, replied)
+        await asyncio.get_running_loop().run_in_executor(None, self._send_mset, frame, staged)
 
     async def amdelete(self, keys: Iterable[str]) -> None:
         """Async :meth:`mdelete`: one executor hop per call."""

@@ -316,7 +316,7 @@ class Table:
         request, so that cost is rarely waited for. Best effort: if ``/dev/shm`` is full,
         the batch that needs the pages reports it."""
         arena = self._arenas.get(self._arena_id)
-        if arena is None or self._reserved_to - self._bump >= RESERVE_AHEAD:
+        if arena is None or not self.short_of_reserve():
             return
         end = min(arena.size, -(-(self._bump + RESERVE_AHEAD) // RESERVE_STEP) * RESERVE_STEP)
         if end > self._reserved_to:
@@ -325,6 +325,11 @@ class Table:
             except StoreFullError:
                 return
             self._reserved_to = end
+
+    def short_of_reserve(self) -> bool:
+        """Whether :meth:`reserve_ahead` has work to do. Safe to ask without the table
+        lock, as a hint: a stale answer only delays or repeats a cheap check."""
+        return self._reserved_to - self._bump < RESERVE_AHEAD
 
     def _rebuild_index(self, capacity: int) -> None:
         """Copy the live slots into a new index of ``capacity`` slots and switch to it."""
