@@ -15,6 +15,7 @@ lives, so a workload whose value sizes drift keeps the space its old sizes used.
 
 from __future__ import annotations
 
+import itertools
 import operator
 import os
 import struct
@@ -41,6 +42,24 @@ RESERVE_STEP = 256 << 10
 RESERVE_AHEAD = 512 << 10
 INITIAL_CAPACITY = 1024
 _SIZE_CACHE_ENTRIES = 4096
+#: Batches whose entries average at most this many bytes are joined and copied in one
+#: go; larger entries are copied one by one, without the join's extra copy.
+_JOIN_BYTES_PER_ENTRY = 8192
+
+
+class _Pads(dict[int, bytes]):
+    """``_PADS[n]``: ``n`` zero bytes, made once for the short lengths that recur."""
+
+    def __missing__(self, n: int) -> bytes:
+        pad = bytes(n)
+        if n <= 4096:
+            if len(self) > _SIZE_CACHE_ENTRIES:
+                self.clear()
+            self[n] = pad
+        return pad
+
+
+_PADS = _Pads()
 
 _W = L.SLOT_WORDS
 # A whole slot in one write, native byte order as the memoryview.cast("Q") readers use.
@@ -129,10 +148,11 @@ class Table:
             limit (the subclass names which); nothing was applied.
         :raises StoreFullError: ``/dev/shm`` cannot hold the batch; nothing was applied.
         """
-        encoded = [_encode(k) for k in keys]
+        encoded = list(map(_encode, keys))
         lengths = [v.nbytes if type(v) is memoryview else len(v) for v in values]
         self._limits.check_batch(keys, lengths)
-        added = sum(map(len, encoded)) + sum(lengths)
+        key_lengths = list(map(len, encoded))
+        added = sum(key_lengths) + sum(lengths)
         if self._live_bytes + added > self._limits.max_store_bytes:
             total = self._live_bytes + self._growth(encoded, lengths)
             if total > self._limits.max_store_bytes:
@@ -140,62 +160,131 @@ class Table:
                     f"the store would hold {total} bytes of keys and values, over "
                     f"max_store_bytes={self._limits.max_store_bytes}"
                 )
-        sizes = self._entry_sizes(list(map(len, encoded)), lengths)
+        sizes = self._entry_sizes(key_lengths, lengths)
         self._make_room(sum(sizes), len(encoded))
-        # One loop with everything bound locally: this is the manager's hot path.
-        slots, index_buf, arenas, free = self._slots, self._index_buf, self._arenas, self._free
-        find, key_at, crc32, pack_slot = self._find, self._key_at, L.key_hash, _SLOT.pack_into
-        size_of = self._size_of
-        mask, arena_base, bump = self._capacity - 1, self._arena_id << L.OFFSET_BITS, self._bump
-        used, live, live_bytes, order = self._used, self._live, self._live_bytes, self._next_order
-        empty, deleted, offset_bits, offset_mask = L.EMPTY, L.DELETED, L.OFFSET_BITS, L.OFFSET_MASK
-        s_ref, s_vlen = L.S_REF, L.S_VLEN
+        # Entries are written before the write window: nothing points at their blocks
+        # yet (a reused block was freed by an earlier batch, whose window readers
+        # that could still be copying it from will notice), so readers wait only for
+        # the index to change.
+        free = self._free
+        if free and any(free.get(size) for size in set(sizes)):
+            refs = self._place_each(encoded, values, lengths, sizes)
+        else:
+            refs = self._place_run(encoded, values, key_lengths, lengths, sizes)
         with self._write_window():
-            for kb, value, n, size in zip(encoded, values, lengths, sizes, strict=True):
-                reuse = free.get(size)
-                if reuse:
-                    ref = reuse.pop()
-                else:
-                    ref = arena_base | bump
-                    bump += size
-                buf, off = arenas[ref >> offset_bits].buf, ref & offset_mask
-                klen = len(kb)
+            self._index_entries(encoded, key_lengths, lengths, refs, added)
+
+    def _place_run(
+        self,
+        encoded: list[bytes],
+        values: Sequence[Any],
+        key_lengths: list[int],
+        lengths: list[int],
+        sizes: list[int],
+    ) -> list[int]:
+        """Write the entries end to end at the bump pointer; their refs. Small entries
+        are joined and copied in one go, with their padding, at C speed."""
+        start = self._bump
+        offsets = list(itertools.accumulate(sizes, initial=start))
+        self._bump = offsets.pop()
+        buf = self._arenas[self._arena_id].buf
+        if self._bump - start <= _JOIN_BYTES_PER_ENTRY * len(sizes):
+            used = map(operator.add, key_lengths, lengths)
+            pads = map(_PADS.__getitem__, map(operator.sub, sizes, used))
+            buf[start : self._bump] = b"".join(
+                itertools.chain.from_iterable(zip(encoded, values, pads, strict=True))
+            )
+        else:  # large values: copied once each, straight from where they are
+            for off, kb, value, klen, n in zip(
+                offsets, encoded, values, key_lengths, lengths, strict=True
+            ):
                 buf[off : off + klen] = kb
                 buf[off + klen : off + klen + n] = value
-                h = crc32(kb)
-                # The first probe inline: with the index under MAX_LOAD most keys are
-                # settled there, new (an empty slot) or overwritten (their own slot);
-                # anything else takes the full search.
-                first = h & mask
-                first_ref = slots[first * _W + s_ref]
-                if first_ref == empty:
-                    i = -first - 1
-                elif (
-                    first_ref != deleted
-                    and slots[first * _W] == h | klen << 32
-                    and key_at(first_ref, klen) == kb
-                ):
-                    i = first
-                else:
-                    i = find(kb, h)
-                if i >= 0:  # an overwrite keeps the key's place in the order, as a dict does
-                    base = i * _W
-                    old_vlen = slots[base + s_vlen]
-                    old_size = size_of.get(klen + old_vlen) or L.entry_bytes(klen, old_vlen)
-                    free.setdefault(old_size, []).append(slots[base + s_ref])
-                    slots[base + s_ref] = ref
-                    slots[base + s_vlen] = n
-                    live_bytes += n - old_vlen
-                    continue
-                base = (-i - 1) * _W
-                if slots[base + s_ref] != deleted:
-                    used += 1
+        return list(map(operator.or_, offsets, itertools.repeat(self._arena_id << L.OFFSET_BITS)))
+
+    def _place_each(
+        self, encoded: list[bytes], values: Sequence[Any], lengths: list[int], sizes: list[int]
+    ) -> list[int]:
+        """Write each entry into a freed block of its size class if there is one, else
+        at the bump pointer; their refs."""
+        free, arenas = self._free, self._arenas
+        arena_base, bump = self._arena_id << L.OFFSET_BITS, self._bump
+        offset_bits, offset_mask = L.OFFSET_BITS, L.OFFSET_MASK
+        refs = []
+        for kb, value, n, size in zip(encoded, values, lengths, sizes, strict=True):
+            reuse = free.get(size)
+            if reuse:
+                ref = reuse.pop()
+            else:
+                ref = arena_base | bump
+                bump += size
+            buf, off = arenas[ref >> offset_bits].buf, ref & offset_mask
+            klen = len(kb)
+            buf[off : off + klen] = kb
+            buf[off + klen : off + klen + n] = value
+            refs.append(ref)
+        self._bump = bump
+        return refs
+
+    def _index_entries(
+        self,
+        encoded: list[bytes],
+        key_lengths: list[int],
+        lengths: list[int],
+        refs: list[int],
+        added: int,
+    ) -> None:
+        """Point the index at the placed entries, in order; ``added`` is the bytes of
+        their keys and values. Must run inside the write window."""
+        # One loop with everything bound locally: this is the manager's hot path.
+        slots, index_buf, free, size_of = self._slots, self._index_buf, self._free, self._size_of
+        find, key_at, pack_slot = self._find, self._key_at, _SLOT.pack_into
+        mask, empty, deleted = self._capacity - 1, L.EMPTY, L.DELETED
+        s_ref, s_vlen = L.S_REF, L.S_VLEN
+        inserted = replaced_bytes = 0
+        for kb, h, klen, n, ref, order in zip(
+            encoded,
+            map(L.key_hash, encoded),
+            key_lengths,
+            lengths,
+            refs,
+            itertools.count(self._next_order),
+        ):
+            # The first probe inline: with the index under MAX_LOAD most keys are
+            # settled there, new (an empty slot) or overwritten (their own slot);
+            # anything else takes the full search.
+            base = (h & mask) * _W
+            slot_ref = slots[base + s_ref]
+            if slot_ref == empty:
                 pack_slot(index_buf, base * 8, h | klen << 32, ref, n, order, 0)
-                order += 1
-                live += 1
-                live_bytes += klen + n
-            self._bump, self._used, self._live = bump, used, live
-            self._live_bytes, self._next_order = live_bytes, order
+                inserted += 1
+                continue
+            if not (
+                slot_ref != deleted
+                and slots[base] == h | klen << 32
+                and key_at(slot_ref, klen) == kb
+            ):
+                i = find(kb, h)
+                if i < 0:
+                    base = (-i - 1) * _W
+                    if slots[base + s_ref] == deleted:
+                        self._used -= 1  # a tombstone reused: counted back below
+                    pack_slot(index_buf, base * 8, h | klen << 32, ref, n, order, 0)
+                    inserted += 1
+                    continue
+                base = i * _W
+                slot_ref = slots[base + s_ref]
+            # An overwrite keeps the key's place in the order, as a dict does.
+            old_vlen = slots[base + s_vlen]
+            old_size = size_of.get(klen + old_vlen) or L.entry_bytes(klen, old_vlen)
+            free.setdefault(old_size, []).append(slot_ref)
+            slots[base + s_ref] = ref
+            slots[base + s_vlen] = n
+            replaced_bytes += klen + old_vlen
+        self._used += inserted
+        self._live += inserted
+        self._live_bytes += added - replaced_bytes
+        self._next_order += len(refs)
 
     def delete_many(self, keys: list[str]) -> None:
         """Remove the keys; missing ones are ignored."""

@@ -1,0 +1,74 @@
+"""The manager's table on its own, against a dict: batches that repeat keys, overwrite
+them with values of other sizes, delete them and add them again, through several index
+rebuilds, so that collisions, tombstones and reused arena blocks all occur."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import pytest
+
+from shmstore import _layout as L
+from shmstore._table import INITIAL_CAPACITY, Table
+
+
+@pytest.fixture
+def table():
+    table = Table(f"{L.segment_prefix(os.environ['SHMSTORE_RUNTIME_DIR'], 'tabletest')}")
+    yield table
+    table.close()
+
+
+def _check(table: Table, model: dict[str, bytes]) -> None:
+    keys = list(model)
+    assert table.get_many(keys) == [model[k] for k in keys]
+    assert table.keys(None) == keys  # insertion order, as a dict's
+    header = table._header
+    assert header[L.W_LIVE_KEYS] == len(model)
+    assert header[L.W_LIVE_BYTES] == sum(len(k.encode()) + len(v) for k, v in model.items())
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_batches_match_a_dict(table, seed):
+    rng = random.Random(seed)
+    model: dict[str, bytes] = {}
+    # Enough distinct keys for the index to grow twice, from INITIAL_CAPACITY slots.
+    universe = [f"k{i}" for i in range(INITIAL_CAPACITY * 6)]
+    for step in range(400):
+        kind = rng.random()
+        if kind < 0.7:
+            pairs = [
+                (rng.choice(universe), os.urandom(rng.choice((0, 5, 40, 300, 1536, 5000))))
+                for _ in range(rng.randint(0, 64))
+            ]
+            if pairs and rng.random() < 0.2:
+                pairs.append((pairs[0][0], b"again"))  # a key repeated in one batch
+            table.set_many([k for k, _ in pairs], [v for _, v in pairs])
+            model.update(pairs)
+        else:
+            doomed = rng.sample(universe, rng.randint(0, 64))
+            table.delete_many(doomed)
+            for key in doomed:
+                model.pop(key, None)
+        if step % 50 == 49:
+            _check(table, model)
+    assert table._capacity > INITIAL_CAPACITY  # the index was rebuilt on the way
+    _check(table, model)
+
+
+def test_space_of_overwritten_values_is_reused(table):
+    keys = [f"key{i}" for i in range(500)]
+    table.set_many(keys, [bytes(1536)] * len(keys))
+    used = table._bump
+    for round_ in range(5):
+        table.set_many(keys, [bytes([round_]) * 1536] * len(keys))
+    # Each round's values fill the blocks the round before freed: one batch of slack.
+    assert table._bump <= 2 * used
+    assert table.get_many(keys[:1]) == [bytes([4]) * 1536]
+
+
+def test_large_values_round_trip(table):
+    values = [os.urandom(1 << 20), os.urandom(3), os.urandom((1 << 20) + 7)]
+    table.set_many(["a", "b", "c"], values)
+    assert table.get_many(["c", "a", "b"]) == [values[2], values[0], values[1]]
