@@ -42,9 +42,11 @@ RESERVE_STEP = 256 << 10
 RESERVE_AHEAD = 512 << 10
 INITIAL_CAPACITY = 1024
 _SIZE_CACHE_ENTRIES = 4096
-#: Batches whose entries average at most this many bytes are joined and copied in one
-#: go; larger entries are copied one by one, without the join's extra copy.
+#: Batches whose entries average at most this many bytes, and come to at most
+#: _JOIN_MAX_BYTES, are joined and copied in one go; others are copied entry by entry,
+#: without the join's extra copy.
 _JOIN_BYTES_PER_ENTRY = 8192
+_JOIN_MAX_BYTES = 1 << 20
 
 
 class _Pads(dict[int, bytes]):
@@ -182,13 +184,14 @@ class Table:
         lengths: list[int],
         sizes: list[int],
     ) -> list[int]:
-        """Write the entries end to end at the bump pointer; their refs. Small entries
-        are joined and copied in one go, with their padding, at C speed."""
+        """Write the entries end to end at the bump pointer; their refs. A batch of
+        small entries is joined, with their padding, and copied in one go: two copies
+        at C speed cost less than two slice assignments an entry in Python."""
         start = self._bump
         offsets = list(itertools.accumulate(sizes, initial=start))
         self._bump = offsets.pop()
         buf = self._arenas[self._arena_id].buf
-        if self._bump - start <= _JOIN_BYTES_PER_ENTRY * len(sizes):
+        if self._bump - start <= min(_JOIN_MAX_BYTES, _JOIN_BYTES_PER_ENTRY * len(sizes)):
             used = map(operator.add, key_lengths, lengths)
             pads = map(_PADS.__getitem__, map(operator.sub, sizes, used))
             buf[start : self._bump] = b"".join(

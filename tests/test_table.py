@@ -68,10 +68,15 @@ def test_space_of_overwritten_values_is_reused(table):
     assert table.get_many(keys[:1]) == [bytes([4]) * 1536]
 
 
-def test_large_values_round_trip(table):
+def test_large_values_and_large_batches_round_trip(table):
+    # Copied entry by entry, not joined: large values, and a batch of small ones that
+    # adds up to over a MiB.
     values = [os.urandom(1 << 20), os.urandom(3), os.urandom((1 << 20) + 7)]
     table.set_many(["a", "b", "c"], values)
     assert table.get_many(["c", "a", "b"]) == [values[2], values[0], values[1]]
+    many = {f"small{i}": os.urandom(1536) for i in range(1000)}
+    table.set_many(list(many), list(many.values()))
+    _check(table, {"a": values[0], "b": values[1], "c": values[2], **many})
 
 
 @pytest.mark.parametrize("seed", range(3))
