@@ -182,6 +182,12 @@ class Manager:
             return
         raw.setblocking(True)
         connection = Connection(raw.detach())
+        # Counted from the accept, not from the end of the handshake: a proxy that
+        # replaces its connection stages its next batch as soon as its own side of the
+        # handshake is done, and the end of its old connection must not remove that
+        # segment as the last of the process's.
+        with self._peers_lock:
+            self._peers[pid] += 1
         threading.Thread(target=self._serve_connection, args=(connection, pid), daemon=True).start()
 
     def _drain_wakeups(self, _wake_r: Any) -> None:
@@ -209,20 +215,17 @@ class Manager:
     # -- connection threads -----------------------------------------------------------
 
     def _serve_connection(self, connection: Connection, peer_pid: int) -> None:
-        try:
-            # Nothing an unauthenticated peer sends is decoded: the challenge reads
-            # only its fixed-size HMAC exchange.
-            _set_socket_timeouts(connection.fileno(), HANDSHAKE_TIMEOUT_S)
-            deliver_challenge(connection, self._authkey)
-            answer_challenge(connection, self._authkey)
-            _set_socket_timeouts(connection.fileno(), 0)
-        except Exception:
-            connection.close()
-            return  # a failed or abandoned challenge: it never was a client
-        with self._peers_lock:
-            self._peers[peer_pid] += 1
         staging = _MappedStaging()
         try:
+            try:
+                # Nothing an unauthenticated peer sends is decoded: the challenge reads
+                # only its fixed-size HMAC exchange.
+                _set_socket_timeouts(connection.fileno(), HANDSHAKE_TIMEOUT_S)
+                deliver_challenge(connection, self._authkey)
+                answer_challenge(connection, self._authkey)
+                _set_socket_timeouts(connection.fileno(), 0)
+            except Exception:
+                return  # a failed or abandoned challenge: it never was a client
             while True:
                 # A client killed mid-frame gives EOF here before anything of its
                 # partial frame is decoded, so none of that batch is applied.
@@ -240,16 +243,20 @@ class Manager:
         except Exception:
             return  # EOF or a broken socket: drop this client only
         finally:
-            connection.close()
             staging.close()
-            with self._peers_lock:
-                self._peers[peer_pid] -= 1
-                last = self._peers[peer_pid] == 0
-                if last:
-                    del self._peers[peer_pid]
-                    # A client killed between staging values and sending them leaves
-                    # its staging segment behind; nobody else will ever unlink it.
-                    self._paths.remove_segments(f"s{peer_pid}.")
+            self._peer_left(peer_pid)
+            # Closed last: once a connection's socket is gone, so is whatever its end
+            # removes.
+            connection.close()
+
+    def _peer_left(self, peer_pid: int) -> None:
+        with self._peers_lock:
+            self._peers[peer_pid] -= 1
+            if self._peers[peer_pid] == 0:
+                del self._peers[peer_pid]
+                # A client killed between staging values and sending them leaves its
+                # staging segment behind; nobody else will ever unlink it.
+                self._paths.remove_segments(f"s{peer_pid}.")
 
     def _handle(self, frame: bytes, peer_pid: int, staging: _MappedStaging) -> tuple[bytes, bool]:
         """The reply to one request frame, and whether to keep the connection."""

@@ -5,6 +5,7 @@ leave it behind."""
 from __future__ import annotations
 
 import os
+import socket
 import threading
 
 import pytest
@@ -72,6 +73,30 @@ def test_kept_segment_is_replaced_when_the_connection_is(byte_store):
     assert _workers.eventually(lambda: not _segments_of(byte_store), within_s=5)
     byte_store.mset([("b", _value("b"))])
     assert _segments_of(byte_store) != [first]
+    assert byte_store.mget(["a", "b"]) == [_value("a"), _value("b")]
+
+
+def test_a_connection_being_made_keeps_the_process_segments(byte_store):
+    # A proxy that replaces its connection stages its next batch as soon as its side of
+    # the handshake is done; the end of its old connection must not remove that segment
+    # as the last of the process's while the new one is still being set up.
+    byte_store.mset([("a", _value("a"))])
+    [kept] = _segments_of(byte_store)
+    before = _workers.manager_sockets(byte_store)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as pending:
+        pending.connect(byte_store._paths.socket)  # accepted; never authenticates
+        assert _workers.eventually(
+            lambda: _workers.manager_sockets(byte_store) == before + 1, within_s=5
+        )
+        byte_store._client._discard()
+        # The manager closes a connection's socket only once its end is dealt with.
+        assert _workers.eventually(
+            lambda: _workers.manager_sockets(byte_store) == before, within_s=5
+        )
+        assert _segments_of(byte_store) == [kept]
+    # With the pending connection gone too, the process has none left.
+    assert _workers.eventually(lambda: not _segments_of(byte_store), within_s=5)
+    byte_store.mset([("b", _value("b"))])
     assert byte_store.mget(["a", "b"]) == [_value("a"), _value("b")]
 
 
