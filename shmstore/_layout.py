@@ -26,11 +26,14 @@ at an 8-byte boundary, in a block of its size class (:func:`entry_bytes`). Segme
 are never reused while the store lives.
 
 Consistency is a store-wide seqlock: the manager makes SEQ odd before it changes
-anything, applies a whole batch, and makes SEQ even again. A reader reads SEQ, reads
-what it needs, and reads SEQ again; if the two differ, or the first was odd, what it
-read may be torn or freed and reused, and it reads again. x86-64 keeps loads in
-order with loads and stores with stores (TSO), which is all a seqlock needs here;
-elsewhere readers ask the manager instead (see :mod:`shmstore._reader`).
+anything a reader can reach, applies a whole batch, and makes SEQ even again. (A
+batch's entries are written beforehand, into blocks no slot points at: fresh ones, or
+ones freed by an earlier batch, whose SEQ change any reader still copying them sees.)
+A reader reads SEQ, reads what it needs, and reads SEQ again; if the two differ, or
+the first was odd, what it read may be torn or freed and reused, and it reads again.
+x86-64 keeps loads in order with loads and stores with stores (TSO), which is all a
+seqlock needs here; elsewhere readers ask the manager instead (see
+:mod:`shmstore._reader`).
 """
 
 from __future__ import annotations
