@@ -42,7 +42,7 @@ RESERVE_STEP = 256 << 10
 RESERVE_AHEAD = 512 << 10
 INITIAL_CAPACITY = 1024
 _SIZE_CACHE_ENTRIES = 4096
-#: Batches whose entries average at most this many bytes, and come to at most
+#: Batches of new entries that average at most this many bytes, and come to at most
 #: _JOIN_MAX_BYTES, are joined and copied in one go; others are copied entry by entry,
 #: without the join's extra copy.
 _JOIN_BYTES_PER_ENTRY = 8192
@@ -163,16 +163,18 @@ class Table:
                     f"max_store_bytes={self._limits.max_store_bytes}"
                 )
         sizes = self._entry_sizes(key_lengths, lengths)
-        self._make_room(sum(sizes), len(encoded))
+        need = sum(sizes)
+        self._make_room(need, len(encoded))
         # Entries are written before the write window: nothing points at their blocks
         # yet (a reused block was freed by an earlier batch, whose window readers
         # that could still be copying it from will notice), so readers wait only for
         # the index to change.
         free = self._free
-        if free and any(free.get(size) for size in set(sizes)):
-            refs = self._place_each(encoded, values, lengths, sizes)
-        else:
+        joinable = need <= min(_JOIN_MAX_BYTES, _JOIN_BYTES_PER_ENTRY * len(sizes))
+        if joinable and not (free and any(free.get(size) for size in set(sizes))):
             refs = self._place_run(encoded, values, key_lengths, lengths, sizes)
+        else:
+            refs = self._place_each(encoded, values, lengths, sizes)
         with self._write_window():
             self._index_entries(encoded, key_lengths, lengths, refs, added)
 
@@ -184,32 +186,24 @@ class Table:
         lengths: list[int],
         sizes: list[int],
     ) -> list[int]:
-        """Write the entries end to end at the bump pointer; their refs. A batch of
-        small entries is joined, with their padding, and copied in one go: two copies
-        at C speed cost less than two slice assignments an entry in Python."""
+        """Write small entries end to end at the bump pointer, joined with their padding
+        and copied in one go (two copies at C speed cost less than two slice assignments
+        an entry in Python); their refs."""
         start = self._bump
         offsets = list(itertools.accumulate(sizes, initial=start))
         self._bump = offsets.pop()
-        buf = self._arenas[self._arena_id].buf
-        if self._bump - start <= min(_JOIN_MAX_BYTES, _JOIN_BYTES_PER_ENTRY * len(sizes)):
-            used = map(operator.add, key_lengths, lengths)
-            pads = map(_PADS.__getitem__, map(operator.sub, sizes, used))
-            buf[start : self._bump] = b"".join(
-                itertools.chain.from_iterable(zip(encoded, values, pads, strict=True))
-            )
-        else:  # large values: copied once each, straight from where they are
-            for off, kb, value, klen, n in zip(
-                offsets, encoded, values, key_lengths, lengths, strict=True
-            ):
-                buf[off : off + klen] = kb
-                buf[off + klen : off + klen + n] = value
+        used = map(operator.add, key_lengths, lengths)
+        pads = map(_PADS.__getitem__, map(operator.sub, sizes, used))
+        self._arenas[self._arena_id].buf[start : self._bump] = b"".join(
+            itertools.chain.from_iterable(zip(encoded, values, pads, strict=True))
+        )
         return list(map(operator.or_, offsets, itertools.repeat(self._arena_id << L.OFFSET_BITS)))
 
     def _place_each(
         self, encoded: list[bytes], values: Sequence[Any], lengths: list[int], sizes: list[int]
     ) -> list[int]:
-        """Write each entry into a freed block of its size class if there is one, else
-        at the bump pointer; their refs."""
+        """Write each entry, straight from where its value is, into a freed block of its
+        size class if there is one, else at the bump pointer; their refs."""
         free, arenas = self._free, self._arenas
         arena_base, bump = self._arena_id << L.OFFSET_BITS, self._bump
         offset_bits, offset_mask = L.OFFSET_BITS, L.OFFSET_MASK
