@@ -224,9 +224,11 @@ class _SharedStoreBase(BaseStore[str, V]):
                 raise StoreNotFoundError(f"store {self.name!r} has stopped") from None
         return self._limits[1]
 
-    def _frame(self, *message: Any) -> bytes:
+    def _frame(self, *message: Any, limits: Limits | None = None) -> bytes:
+        """One request, encoded; ``limits``: the store's, if the caller has just read
+        them (reading them may poll the manager's pidfd)."""
         frame = proto.pack(list(message))
-        limit = self.limits.max_frame_bytes
+        limit = (limits or self.limits).max_frame_bytes
         if len(frame) > limit:
             raise LimitExceededError(
                 f"the request encodes to {len(frame)} bytes, over the manager's frame limit "
@@ -300,16 +302,17 @@ class _SharedStoreBase(BaseStore[str, V]):
         :raises StoreFullError: ``/dev/shm`` has no room to stage them (nothing sent).
         """
         sizes = list(map(len, values))
-        self.limits.check_batch(keys, sizes)
+        limits = self.limits
+        limits.check_batch(keys, sizes)
         total = sum(sizes)
         if total <= STAGE_MIN_BYTES:
-            return self._frame(proto.MSET, keys, values), None
+            return self._frame(proto.MSET, keys, values, limits=limits), None
         # Connected first: the manager then knows this process, and unlinks its staging
         # segments if it dies before the request arrives.
         self._client.connect()
         staged = self._stager.stage(values, total, self._client.generation)
         try:
-            return self._frame(proto.MSET_SHM, keys, staged.suffix, sizes), staged
+            return self._frame(proto.MSET_SHM, keys, staged.suffix, sizes, limits=limits), staged
         except BaseException:
             self._stager.done(staged, replied=False)
             raise
