@@ -12,6 +12,7 @@ whose software is missing reports why and is left out of the run.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import multiprocessing
 import os
 import shutil
@@ -283,33 +284,47 @@ class _LmdbClient:
             return [txn.get(key.encode()) for key in keys]
 
 
-class LmdbPeer(Peer):
-    """LMDB on /dev/shm, one environment per process, a transaction per batch."""
+class _DirectoryPeer(Peer):
+    """A store kept in a fresh directory on /dev/shm, opened by each worker with
+    ``client(directory)``; ``module`` is the package it needs."""
 
-    name = "LMDB on /dev/shm"
+    module: str
+    client: Any
 
     @classmethod
     def unavailable(cls):
         try:
-            import lmdb  # noqa: F401
+            importlib.import_module(cls.module)
         except ImportError:
-            return "lmdb is not installed (pip install lmdb)"
+            return f"{cls.module} is not installed (pip install {cls.module})"
         return None
 
     def start(self):
-        self._dir = tempfile.mkdtemp(prefix="bench-lmdb-", dir="/dev/shm")
-        _LmdbClient(self._dir)._env.close()
+        self._dir = tempfile.mkdtemp(prefix=f"bench-{self.module}-", dir="/dev/shm")
         return self._dir
 
     def stop(self):
         shutil.rmtree(self._dir, ignore_errors=True)
 
-    @staticmethod
-    def connect(handle):
-        return _LmdbClient(handle)
+    @classmethod
+    def connect(cls, handle):
+        return cls.client(handle)
 
     def footprint(self):
         return allocated(self._dir)
+
+
+class LmdbPeer(_DirectoryPeer):
+    """LMDB on /dev/shm, one environment per process, a transaction per batch."""
+
+    name = "LMDB on /dev/shm"
+    module = "lmdb"
+    client = _LmdbClient
+
+    def start(self):
+        directory = super().start()
+        _LmdbClient(directory)._env.close()  # the environment exists before any worker
+        return directory
 
 
 class _DiskCacheClient:
@@ -328,32 +343,12 @@ class _DiskCacheClient:
         return [get(key) for key in keys]
 
 
-class DiskCachePeer(Peer):
+class DiskCachePeer(_DirectoryPeer):
     """diskcache (SQLite) on /dev/shm, a transaction per batch."""
 
     name = "diskcache on /dev/shm"
-
-    @classmethod
-    def unavailable(cls):
-        try:
-            import diskcache  # noqa: F401
-        except ImportError:
-            return "diskcache is not installed (pip install diskcache)"
-        return None
-
-    def start(self):
-        self._dir = tempfile.mkdtemp(prefix="bench-diskcache-", dir="/dev/shm")
-        return self._dir
-
-    def stop(self):
-        shutil.rmtree(self._dir, ignore_errors=True)
-
-    @staticmethod
-    def connect(handle):
-        return _DiskCacheClient(handle)
-
-    def footprint(self):
-        return allocated(self._dir)
+    module = "diskcache"
+    client = _DiskCacheClient
 
 
 PEERS: list[type[Peer]] = [
