@@ -13,12 +13,16 @@ ever reading a reply that is not its own:
   discarded; the next request connects again.
 * **a dead manager**: EOF or a socket error becomes :class:`StoreConnectionError` at
   once. The manager's sockets exist only in its own process, so its death is seen as
-  EOF by every client immediately; there is nothing to time out.
+  EOF by every client immediately; there is nothing to time out. A connection that is
+  readable between requests has seen that EOF (a manager sends nothing unasked), so
+  it is dropped before it is used: the request connects afresh and raises, or reaches
+  the store restarted under the same name.
 """
 
 from __future__ import annotations
 
 import os
+import select
 import threading
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client as _connect
@@ -44,6 +48,7 @@ class Client:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         self._connection: Connection | None = None
+        self._ended = select.poll()  # POLLIN on the connection: its manager has exited
         self._closed = False
         #: Counts the connections made. A new one may reach a new manager (the store
         #: restarted under the same name), so state kept about the old one, such as
@@ -64,6 +69,8 @@ class Client:
         """
         self._check_usable()
         with self._lock:
+            if self._connection is not None and self._ended.poll(0):
+                self._discard()  # its manager has exited
             connection = self._connection or self._connect()
             try:
                 connection.send_bytes(frame)
@@ -111,6 +118,9 @@ class Client:
                 f"cannot reach the manager of store {self._paths.name!r} at {self._paths.socket!r}"
             ) from exc
         self._connection = connection
+        # Used under the lock only: poll objects refuse concurrent use by threads.
+        self._ended = select.poll()
+        self._ended.register(connection.fileno(), select.POLLIN)
         self.generation += 1
         return connection
 

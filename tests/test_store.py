@@ -386,12 +386,16 @@ def test_proxy_follows_a_store_restarted_under_the_same_name():
     first.mset([("k", b"old")])
     proxy = shmstore.SharedByteStore.attach("restarted")
     assert proxy.mget(["k"]) == [b"old"]
+    assert list(proxy.yield_keys()) == ["k"]  # a request: the proxy is connected
     assert proxy.limits.max_value_bytes == 10
     first.close()
     with pytest.raises(shmstore.StoreConnectionError):
         proxy.mget(["k"])
     with shmstore.SharedByteStore(name="restarted", max_value_bytes=20) as second:
-        second.mset([("k", b"new")])
+        second.mset([("k", b"new"), ("k2", b"")])
+        # The first request after the restart reaches the new store, not the old
+        # manager's closed connection.
+        assert list(proxy.yield_keys()) == ["k", "k2"]
         # Never the old store's memory, nor its limits.
         assert proxy.mget(["k"]) == [b"new"]
         assert proxy.limits.max_value_bytes == 20
