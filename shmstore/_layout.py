@@ -26,7 +26,9 @@ at an 8-byte boundary, in a block of its size class (:func:`entry_bytes`). Segme
 are never reused while the store lives.
 
 Consistency is a store-wide seqlock: the manager makes SEQ odd before it changes
-anything a reader can reach, applies a whole batch, and makes SEQ even again. (A
+anything a reader can reach, applies a whole batch, and makes SEQ even again. It may
+acknowledge a batch while SEQ is odd, before applying it; a reader that starts after
+the acknowledgment then finds SEQ odd until the batch is all in. (A
 batch's entries are written beforehand, into blocks no slot points at: fresh ones, or
 ones freed by an earlier batch, whose SEQ change any reader still copying them sees.)
 A reader reads SEQ, reads what it needs, and reads SEQ again; if the two differ, or

@@ -7,7 +7,10 @@ writes its configuration as one msgpack map to its stdin, and waits for the line
 
 * **one thread per connection** first runs the authkey challenge (with a deadline, so a
   peer that never answers holds up only its own thread), then loops: read one request,
-  apply it to the table under the table lock, send the reply. A thread woken straight
+  apply it to the table under the table lock, send the reply. A small ``mset`` is
+  acknowledged as soon as it can no longer fail, inside the seqlock's write window,
+  and applied while its client prepares the next request (see
+  :meth:`Table.set_many <shmstore._table.Table.set_many>`). A thread woken straight
   out of ``read`` answers about 10 us sooner than an epoll loop on these machines, and
   a client that stalls mid-frame stalls nobody else. Decoding and encoding happen
   outside the lock; only the table operation is inside it, and the table publishes
@@ -230,8 +233,10 @@ class Manager:
                 # A client killed mid-frame gives EOF here before anything of its
                 # partial frame is decoded, so none of that batch is applied.
                 frame = connection.recv_bytes(self._limits.max_frame_bytes)
-                reply, keep = self._handle(frame, peer_pid, staging)
-                connection.send_bytes(reply)
+                reply = _Reply(connection)
+                keep = self._handle(frame, peer_pid, staging, reply)
+                if reply.error is not None:
+                    return  # the client is gone
                 # While the client prepares its next request; the unlocked check keeps
                 # reads from queueing behind a write for nothing.
                 table = self._table
@@ -258,32 +263,39 @@ class Manager:
                 # staging segment behind; nobody else will ever unlink it.
                 self._paths.remove_segments(f"s{peer_pid}.")
 
-    def _handle(self, frame: bytes, peer_pid: int, staging: _MappedStaging) -> tuple[bytes, bool]:
-        """The reply to one request frame, and whether to keep the connection."""
+    def _handle(self, frame: bytes, peer_pid: int, staging: _MappedStaging, reply: _Reply) -> bool:
+        """Serve one request frame and send its reply; whether to keep the connection."""
         try:
             op, args = proto.parse_request(frame)
             if op == proto.MSET_SHM and not args[1].startswith(f"s{peer_pid}."):
                 raise ProtocolError("a client may only send its own staging segments")
             with self._table_lock:
-                result = self._apply(op, args, staging)
-            return proto.ok_reply(result), True
+                result = self._apply(op, args, staging, reply)
+            reply.send(proto.ok_reply(result))
+            return True
         except ProtocolError as exc:
-            return proto.error_reply(exc), False
+            reply.send(proto.error_reply(exc))
+            return False
         except StoreError as exc:
-            return proto.error_reply(exc), True
+            reply.send(proto.error_reply(exc))
+            return True
         except Exception as exc:  # a bug in the manager: report it, keep serving
             import traceback  # only here: kept out of the manager's memory otherwise
 
             traceback.print_exc(file=sys.stderr)
-            return proto.error_reply(StoreError(f"manager error: {exc!r}")), True
+            reply.send(proto.error_reply(StoreError(f"manager error: {exc!r}")))
+            return True
 
-    def _apply(self, op: int, args: list[Any], staging: _MappedStaging) -> Any:
+    def _apply(self, op: int, args: list[Any], staging: _MappedStaging, reply: _Reply) -> Any:
         table = self._table
         assert table is not None
         if op == proto.MGET:
             return table.get_many(args[0])
         if op == proto.MSET:
-            table.set_many(args[0], args[1])
+            # Acknowledged once it can no longer fail, and applied while the client
+            # prepares its next request. A staged batch is not: its client reuses the
+            # staging segment as soon as it has the reply.
+            table.set_many(args[0], args[1], reply.acknowledge)
         elif op == proto.MDELETE:
             table.delete_many(args[0])
         elif op == proto.KEYS:
@@ -314,6 +326,35 @@ class Manager:
                 whole.release()
         finally:
             staging.done(segment)
+
+
+class _Reply:
+    """One request's reply, sent at most once: early, from inside the table for an
+    ``mset`` that can no longer fail, else once the request is done. A failed send is
+    kept, not raised, so the table finishes the batch it acknowledged; the connection
+    then ends."""
+
+    __slots__ = ("_connection", "error", "sent")
+
+    _ACK = proto.ok_reply(None)
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self.sent = False
+        self.error: OSError | None = None
+
+    def send(self, frame: bytes) -> None:
+        if self.sent:
+            return
+        self.sent = True
+        try:
+            self._connection.send_bytes(frame)
+        except OSError as exc:
+            self.error = exc
+
+    def acknowledge(self) -> None:
+        """Send the reply of a successful request with no result."""
+        self.send(self._ACK)
 
 
 class _MappedStaging:

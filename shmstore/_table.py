@@ -19,7 +19,7 @@ import itertools
 import operator
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from . import _layout as L
 from ._errors import StoreFullError, StoreTooLargeError
@@ -142,10 +142,21 @@ class Table:
 
     # -- writes ---------------------------------------------------------------------
 
-    def set_many(self, keys: Sequence[str], values: Sequence[Any]) -> None:
+    def set_many(
+        self,
+        keys: Sequence[str],
+        values: Sequence[Any],
+        acknowledge: Callable[[], None] | None = None,
+    ) -> None:
         """Store the pairs in order, so the last value of a repeated key wins.
 
-        :param values: bytes-like objects, as many as ``keys``.
+        :param values: bytes-like objects, as many as ``keys``; with ``acknowledge``,
+            they must stay as they are until this returns.
+        :param acknowledge: called once the batch can no longer fail, inside the write
+            window and before any of it is written (the manager replies there, so its
+            client prepares the next request while this one is applied). A reader
+            that starts after the call finds SEQ odd until the whole batch is in, so
+            it never misses what was acknowledged. It must not raise.
         :raises LimitExceededError: a value, the batch or the store would be over its
             limit (the subclass names which); nothing was applied.
         :raises StoreFullError: ``/dev/shm`` cannot hold the batch; nothing was applied.
@@ -165,18 +176,36 @@ class Table:
         sizes = self._entry_sizes(key_lengths, lengths)
         need = sum(sizes)
         self._make_room(need, len(encoded))
+        if acknowledge is not None:
+            with self._write_window():
+                acknowledge()
+                refs = self._place(encoded, values, key_lengths, lengths, sizes, need)
+                self._index_entries(encoded, key_lengths, lengths, refs, added)
+            return
         # Entries are written before the write window: nothing points at their blocks
         # yet (a reused block was freed by an earlier batch, whose window readers
         # that could still be copying it from will notice), so readers wait only for
         # the index to change.
+        refs = self._place(encoded, values, key_lengths, lengths, sizes, need)
+        with self._write_window():
+            self._index_entries(encoded, key_lengths, lengths, refs, added)
+
+    def _place(
+        self,
+        encoded: list[bytes],
+        values: Sequence[Any],
+        key_lengths: list[int],
+        lengths: list[int],
+        sizes: list[int],
+        need: int,
+    ) -> list[int]:
+        """Write the entries into blocks no slot points at, in room already made; their
+        refs, in order."""
         free = self._free
         joinable = need <= min(_JOIN_MAX_BYTES, _JOIN_BYTES_PER_ENTRY * len(sizes))
         if joinable and not (free and any(free.get(size) for size in set(sizes))):
-            refs = self._place_run(encoded, values, key_lengths, lengths, sizes)
-        else:
-            refs = self._place_each(encoded, values, lengths, sizes)
-        with self._write_window():
-            self._index_entries(encoded, key_lengths, lengths, refs, added)
+            return self._place_run(encoded, values, key_lengths, lengths, sizes)
+        return self._place_each(encoded, values, lengths, sizes)
 
     def _place_run(
         self,
