@@ -102,6 +102,7 @@ class Manager:
         self._limits = limits
         self._segment_bytes = segment_bytes
         self._table: Table | None = None  # created by open(): its segments outlive errors
+        self._reserver: _Reserver | None = None
         self._table_lock = threading.Lock()
         # Live connections per client pid: a process's staging segments are removed
         # when its last connection ends, not when one of several does.
@@ -133,6 +134,7 @@ class Manager:
         listener.setblocking(False)
         self._listener = listener
         self._table = Table(self._paths.segment_prefix, self._segment_bytes, self._limits)
+        self._reserver = _Reserver(self._table, self._table_lock)
         self._selector.register(listener, selectors.EVENT_READ, self._accept)
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeups)
         signal.set_wakeup_fd(self._wake_w)
@@ -204,6 +206,8 @@ class Manager:
         # closes their sockets, and every client sees EOF at once.
         if self._listener is not None:
             self._listener.close()
+        if self._reserver is not None:
+            self._reserver.stop()  # before the table unmaps what it may be reserving
         if self._table is not None:
             with self._table_lock:
                 self._table.close()
@@ -237,12 +241,8 @@ class Manager:
                 keep = self._handle(frame, peer_pid, staging, reply)
                 if reply.error is not None:
                     return  # the client is gone
-                # While the client prepares its next request; the unlocked check keeps
-                # reads from queueing behind a write for nothing.
-                table = self._table
-                if table is not None and table.short_of_reserve():
-                    with self._table_lock:
-                        table.reserve_ahead()
+                if self._reserver is not None:
+                    self._reserver.wake_if_short()
                 if not keep:
                     return
         except Exception:
@@ -326,6 +326,51 @@ class Manager:
                 whole.release()
         finally:
             staging.done(segment)
+
+
+class _Reserver:
+    """A thread that keeps arena pages reserved ahead of the table's need (see
+    :meth:`Table.reservation_wanted`). Its system calls release the GIL, so on a
+    machine with a core to spare it reserves while the connection threads serve
+    requests; the table lock is held only to read and record the plan."""
+
+    def __init__(self, table: Table, table_lock: threading.Lock) -> None:
+        self._table = table
+        self._table_lock = table_lock
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="reserver", daemon=True)
+        self._thread.start()
+
+    def wake_if_short(self) -> None:
+        """Start reserving if the table is short (an unlocked hint: see
+        :meth:`Table.short_of_reserve`)."""
+        if self._table.short_of_reserve():
+            self._wanted.set()
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it: afterwards nothing reserves."""
+        self._stopping = True
+        self._wanted.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self._wanted.wait()
+            self._wanted.clear()
+            if self._stopping:
+                return
+            with self._table_lock:
+                plan = self._table.reservation_wanted()
+            if plan is None:
+                continue
+            arena, start, end = plan
+            try:
+                arena.reserve(start, end - start)
+            except Exception:
+                continue  # best effort: a batch that needs the bytes reserves, or reports
+            with self._table_lock:
+                self._table.reserved(arena, end)
 
 
 class _Reply:

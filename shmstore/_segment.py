@@ -12,6 +12,7 @@ which would unlink them when the first process that used them exits (CPython #82
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import mmap
 import os
@@ -25,6 +26,10 @@ __all__ = ["Segment", "unlink_segment"]
 # Linux 5.14+: map a range's pages in one call instead of one fault per page on first
 # touch (several microseconds each on virtual machines). Python 3.11 lacks the name.
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
+# libc's madvise, through ctypes, which releases the GIL around the call where
+# mmap.madvise holds it: a thread reserving pages then holds up no other thread.
+_madvise = ctypes.CDLL(None, use_errno=True).madvise
+_madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 
 
 class Segment:
@@ -35,6 +40,9 @@ class Segment:
         self.buf = buf
         self.size = len(buf)
         self._fd = fd  # kept by the writer only, for reserve()
+        # The writer's mapping's address, for madvise; taken from a ctypes view that
+        # is dropped at once, so the mmap has no buffer export left to block close().
+        self._address = 0 if fd is None else ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
     @classmethod
     def create(cls, name: str, size: int) -> Segment:
@@ -71,7 +79,9 @@ class Segment:
         return cls(name, buf, None)
 
     def reserve(self, start: int, length: int) -> None:
-        """Allocate the pages of ``[start, start + length)`` so writing there cannot fault.
+        """Allocate the pages of ``[start, start + length)``, so writing there cannot
+        fault, and map them, so writing there takes no page faults. Both are system
+        calls made without the GIL. Must not race :meth:`close`.
 
         :raises StoreFullError: ``/dev/shm`` has no room.
         """
@@ -84,8 +94,9 @@ class Segment:
                     f"shared memory is full: no room for {length} more bytes in /dev/shm"
                 ) from exc
             raise
-        with contextlib.suppress(OSError, ValueError):  # an older kernel: fault on touch
-            self.buf.madvise(_MADV_POPULATE_WRITE, start, length)
+        # On a kernel without MADV_POPULATE_WRITE this fails, and the pages are mapped
+        # by faults on first touch instead.
+        _madvise(self._address + start, length, _MADV_POPULATE_WRITE)
 
     def seal(self) -> None:
         """Close the writer's descriptor once everything is reserved (the mapping
