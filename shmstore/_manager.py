@@ -293,22 +293,28 @@ class Manager:
             return table.get_many(args[0])
         if op == proto.MSET:
             # Acknowledged once it can no longer fail, and applied while the client
-            # prepares its next request. A staged batch is not: its client reuses the
-            # staging segment as soon as it has the reply.
+            # prepares its next request.
             table.set_many(args[0], args[1], reply.acknowledge)
         elif op == proto.MDELETE:
             table.delete_many(args[0])
         elif op == proto.KEYS:
             return table.keys(args[0])
         elif op == proto.MSET_SHM:
-            self._apply_staged(table, staging, *args)
+            self._apply_staged(table, staging, reply, *args)
         return None
 
     def _apply_staged(
-        self, table: Table, staging: _MappedStaging, keys: list[str], name: str, lengths: list[int]
+        self,
+        table: Table,
+        staging: _MappedStaging,
+        reply: _Reply,
+        keys: list[str],
+        name: str,
+        lengths: list[int],
     ) -> None:
-        # The values are copied once, from the client's staging segment into the arena.
-        # The client removes the segment, or reuses it (see shmstore._staging).
+        # The values are copied once, from the client's staging segment into the arena,
+        # and acknowledged then, before the index changes: the client reuses or removes
+        # the segment as soon as it has the reply (see shmstore._staging).
         segment = staging.open(self._paths.segment_prefix + name)
         try:
             if sum(lengths) > segment.size:
@@ -319,7 +325,7 @@ class Manager:
                 views.append(whole[offset : offset + n])
                 offset += n
             try:
-                table.set_many(keys, views)
+                table.set_many(keys, views, reply.acknowledge, copy_before_acknowledge=True)
             finally:
                 for view in views:
                     view.release()

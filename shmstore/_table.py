@@ -147,16 +147,21 @@ class Table:
         keys: Sequence[str],
         values: Sequence[Any],
         acknowledge: Callable[[], None] | None = None,
+        *,
+        copy_before_acknowledge: bool = False,
     ) -> None:
         """Store the pairs in order, so the last value of a repeated key wins.
 
-        :param values: bytes-like objects, as many as ``keys``; with ``acknowledge``,
-            they must stay as they are until this returns.
+        :param values: bytes-like objects, as many as ``keys``; they must stay as
+            they are until this returns, or, with ``copy_before_acknowledge``, until
+            ``acknowledge`` is called.
         :param acknowledge: called once the batch can no longer fail, inside the write
-            window and before any of it is written (the manager replies there, so its
-            client prepares the next request while this one is applied). A reader
-            that starts after the call finds SEQ odd until the whole batch is in, so
-            it never misses what was acknowledged. It must not raise.
+            window, before its entries are written, or, with
+            ``copy_before_acknowledge``, once they are and only the index is left to
+            change (the manager replies there, so its client prepares the next request
+            while this one is applied). A reader that starts after the call finds SEQ
+            odd until the whole batch is in, so it never misses what was acknowledged.
+            It must not raise.
         :raises LimitExceededError: a value, the batch or the store would be over its
             limit (the subclass names which); nothing was applied.
         :raises StoreFullError: ``/dev/shm`` cannot hold the batch; nothing was applied.
@@ -176,18 +181,18 @@ class Table:
         sizes = self._entry_sizes(key_lengths, lengths)
         need = sum(sizes)
         self._make_room(need, len(encoded))
-        if acknowledge is not None:
-            with self._write_window():
-                acknowledge()
-                refs = self._place(encoded, values, key_lengths, lengths, sizes, need)
-                self._index_entries(encoded, key_lengths, lengths, refs, added)
-            return
-        # Entries are written before the write window: nothing points at their blocks
-        # yet (a reused block was freed by an earlier batch, whose window readers
-        # that could still be copying it from will notice), so readers wait only for
-        # the index to change.
-        refs = self._place(encoded, values, key_lengths, lengths, sizes, need)
+        refs = None
+        if acknowledge is None or copy_before_acknowledge:
+            # Entries are written before the write window: nothing points at their
+            # blocks yet (a reused block was freed by an earlier batch, whose window
+            # readers that could still be copying it from will notice), so readers
+            # wait only for the index to change.
+            refs = self._place(encoded, values, key_lengths, lengths, sizes, need)
         with self._write_window():
+            if acknowledge is not None:
+                acknowledge()
+            if refs is None:
+                refs = self._place(encoded, values, key_lengths, lengths, sizes, need)
             self._index_entries(encoded, key_lengths, lengths, refs, added)
 
     def _place(

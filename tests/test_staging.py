@@ -36,6 +36,20 @@ def test_large_batches_reuse_one_kept_segment_which_close_removes(byte_store):
     assert _segments_of(byte_store) == []
 
 
+def test_the_reply_comes_after_the_manager_has_copied_the_staged_values(byte_store):
+    # The proxy may overwrite its kept segment as soon as it has the reply, as its next
+    # large batch does; the batch it staged there must be stored whole all the same.
+    keys = [f"k{i}" for i in range(4000)]
+    for round_ in range(5):
+        values = [_value(f"{round_}:{key}:", 100) for key in keys]
+        byte_store.mset(list(zip(keys, values, strict=True)))
+        staged = byte_store._stager.stage(
+            [bytes(100)] * len(keys), 100 * len(keys), byte_store._client.generation
+        )
+        byte_store._stager.done(staged, replied=True)
+        assert byte_store.mget(keys) == values
+
+
 def test_a_batch_over_the_kept_size_gets_a_segment_removed_after_it(byte_store):
     big = _value("big", _staging.KEEP_BYTES + 1)
     byte_store.mset([("big", big)])

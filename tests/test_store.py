@@ -297,10 +297,11 @@ def test_threads_share_one_proxy(byte_store):
         assert all(pool.map(work, range(8)))
 
 
-def test_a_read_after_an_mset_returns_sees_all_of_it(byte_store):
-    # The manager replies to a small batch before applying it; a read that starts
-    # after the reply must still find the whole batch. 4,000 keys take it long enough
-    # to apply that a quick read not made to wait would find the previous round's.
+def test_a_read_after_an_mset_returns_sees_all_of_it(byte_store, data_path):
+    # The manager replies to a batch before indexing it (before writing its entries,
+    # too, unless they are staged); a read that starts after the reply must still find
+    # the whole batch. 4,000 keys take long enough to apply that a quick read not made
+    # to wait would find the previous round's.
     keys = [f"k{i}" for i in range(4000)]
     for round_ in range(20):
         value = b"%d" % round_
