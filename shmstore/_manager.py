@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import collections
 import os
+import select
 import selectors
 import signal
 import socket
@@ -233,11 +234,13 @@ class Manager:
                 _set_socket_timeouts(connection.fileno(), 0)
             except Exception:
                 return  # a failed or abandoned challenge: it never was a client
+            writable = select.poll()
+            writable.register(connection.fileno(), select.POLLOUT)
             while True:
                 # A client killed mid-frame gives EOF here before anything of its
                 # partial frame is decoded, so none of that batch is applied.
                 frame = connection.recv_bytes(self._limits.max_frame_bytes)
-                reply = _Reply(connection)
+                reply = _Reply(connection, writable)
                 keep = self._handle(frame, peer_pid, staging, reply)
                 if reply.error is not None:
                     return  # the client is gone
@@ -385,12 +388,14 @@ class _Reply:
     kept, not raised, so the table finishes the batch it acknowledged; the connection
     then ends."""
 
-    __slots__ = ("_connection", "error", "sent")
+    __slots__ = ("_connection", "_writable", "error", "sent")
 
     _ACK = proto.ok_reply(None)
 
-    def __init__(self, connection: Connection) -> None:
+    def __init__(self, connection: Connection, writable: select.poll) -> None:
+        """:param writable: polls the connection for ``POLLOUT``."""
         self._connection = connection
+        self._writable = writable
         self.sent = False
         self.error: OSError | None = None
 
@@ -404,8 +409,14 @@ class _Reply:
             self.error = exc
 
     def acknowledge(self) -> None:
-        """Send the reply of a successful request with no result."""
-        self.send(self._ACK)
+        """Send the reply of a successful request with no result, if that cannot block.
+
+        The table calls this with its lock held. A client that leaves its replies
+        unread fills its socket, and a send would then wait there, holding up every
+        other client; so unless the socket has room (``POLLOUT``: a quarter of its
+        buffer free), the reply is left for :meth:`send` once the request is done."""
+        if self._writable.poll(0):
+            self.send(self._ACK)
 
 
 class _MappedStaging:

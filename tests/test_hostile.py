@@ -150,6 +150,27 @@ def test_peer_that_never_authenticates_blocks_nobody(byte_store):
             sock.close()
 
 
+@pytest.mark.timeout(60)
+def test_peer_that_never_reads_its_replies_blocks_nobody(byte_store):
+    # The manager acknowledges a small mset with the table locked; a peer that leaves
+    # its replies unread fills its socket, and the acknowledgment must not then wait
+    # there, holding up every other client.
+    peer = _peer(byte_store)
+    try:
+        frame = msgpack.packb([2, ["k"], [b"v"]], use_bin_type=True)
+        message = struct.pack("!i", len(frame)) + frame
+        os.set_blocking(peer.fileno(), False)
+        with contextlib.suppress(BlockingIOError):
+            while True:  # until the manager stops reading: its replies to us are stuck
+                os.write(peer.fileno(), message)
+        with shmstore.SharedByteStore.attach(byte_store.name) as other:
+            for i in range(50):
+                other.mset([(f"other{i}", b"x")])
+        assert byte_store.mget(["other49", "k"]) == [b"x", b"v"]
+    finally:
+        peer.close()
+
+
 @settings(
     max_examples=150,
     deadline=None,
