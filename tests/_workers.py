@@ -8,6 +8,7 @@ import os
 import random
 import select
 import shutil
+import signal
 import time
 import zlib
 
@@ -429,6 +430,9 @@ def survive_interrupts(store, control, progress) -> None:
     answers this process's own requests correctly. Each round starts by reporting
     ``("round", n, interrupts)``, which is how the test knows a signal was caught before
     it sends the next; the end reports ``("done", interrupts, wrong)``."""
+    # Python's own handler, even if this process was started with SIGINT ignored (as a
+    # shell does for a command it runs in the background): the test is about Ctrl-C.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupts = wrong = 0
     n = 0
     while True:
