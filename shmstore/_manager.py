@@ -7,16 +7,19 @@ writes its configuration as one msgpack map to its stdin, and waits for the line
 
 * **one thread per connection** first runs the authkey challenge (with a deadline, so a
   peer that never answers holds up only its own thread), then loops: read one request,
-  apply it to the table under the table lock, send the reply. A small ``mset`` is
-  acknowledged as soon as it can no longer fail, inside the seqlock's write window,
-  and applied while its client prepares the next request (see
-  :meth:`Table.set_many <shmstore._table.Table.set_many>`). A thread woken straight
+  apply it to the table under the table lock, send the reply. An ``mset`` is
+  acknowledged as soon as the manager needs nothing more from its client, inside the
+  seqlock's write window, and finished while the client prepares its next request
+  (see :meth:`Table.set_many <shmstore._table.Table.set_many>`); that early reply is
+  sent only if it cannot block, since the table lock is held. A thread woken straight
   out of ``read`` answers about 10 us sooner than an epoll loop on these machines, and
   a client that stalls mid-frame stalls nobody else. Decoding and encoding happen
   outside the lock; only the table operation is inside it, and the table publishes
   each write batch under its seqlock, so every batch is atomic to every other process
   without any lock a client could hold. When a process's last connection ends, the
   staging segments it left are unlinked.
+* **a reserver thread** keeps arena pages reserved ahead of need (:class:`_Reserver`),
+  in system calls that release the GIL, beside the connection threads.
 * **the main thread** accepts connections and waits for the end: SIGTERM (how the
   owner's ``close()`` stops the manager; ``signal.set_wakeup_fd`` wakes the wait) or the
   owner's exit, even by SIGKILL, seen through a pidfd (Linux 5.3+) or, elsewhere, by
