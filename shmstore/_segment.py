@@ -12,8 +12,8 @@ which would unlink them when the first process that used them exits (CPython #82
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
+import functools
 import mmap
 import os
 
@@ -21,15 +21,38 @@ import posix_ipc
 
 from ._errors import StoreError, StoreFullError
 
+# typing is imported for the type checker only: the manager imports this module, and
+# at run time typing would cost that process memory for nothing.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 __all__ = ["Segment", "unlink_segment"]
 
 # Linux 5.14+: map a range's pages in one call instead of one fault per page on first
 # touch (several microseconds each on virtual machines). Python 3.11 lacks the name.
 _MADV_POPULATE_WRITE = getattr(mmap, "MADV_POPULATE_WRITE", 23)
-# libc's madvise, through ctypes, which releases the GIL around the call where
-# mmap.madvise holds it: a thread reserving pages then holds up no other thread.
-_madvise = ctypes.CDLL(None, use_errno=True).madvise
-_madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+
+
+@functools.cache
+def _madvise() -> Any:
+    """libc's madvise, through ctypes, which releases the GIL around the call where
+    mmap.madvise holds it: a thread reserving pages then holds up no other thread.
+    Loaded on first use: only writers reserve, and a proxy that never stages a batch
+    never needs it."""
+    import ctypes
+
+    madvise = ctypes.CDLL(None, use_errno=True).madvise
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return madvise
+
+
+def _address_of(buf: mmap.mmap) -> int:
+    """Where ``buf`` is mapped, for madvise; taken from a ctypes view that is dropped
+    at once, so the mmap has no buffer export left to block its close()."""
+    import ctypes
+
+    return ctypes.addressof(ctypes.c_char.from_buffer(buf))
 
 
 class Segment:
@@ -40,9 +63,7 @@ class Segment:
         self.buf = buf
         self.size = len(buf)
         self._fd = fd  # kept by the writer only, for reserve()
-        # The writer's mapping's address, for madvise; taken from a ctypes view that
-        # is dropped at once, so the mmap has no buffer export left to block close().
-        self._address = 0 if fd is None else ctypes.addressof(ctypes.c_char.from_buffer(buf))
+        self._address = 0  # where buf is mapped, once reserve() has needed it
 
     @classmethod
     def create(cls, name: str, size: int) -> Segment:
@@ -94,9 +115,11 @@ class Segment:
                     f"shared memory is full: no room for {length} more bytes in /dev/shm"
                 ) from exc
             raise
+        if not self._address:
+            self._address = _address_of(self.buf)
         # On a kernel without MADV_POPULATE_WRITE this fails, and the pages are mapped
         # by faults on first touch instead.
-        _madvise(self._address + start, length, _MADV_POPULATE_WRITE)
+        _madvise()(self._address + start, length, _MADV_POPULATE_WRITE)
 
     def seal(self) -> None:
         """Close the writer's descriptor once everything is reserved (the mapping
