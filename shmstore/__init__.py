@@ -4,6 +4,9 @@
 with the semantics of ``InMemoryByteStore`` and ``InMemoryStore``; a manager process owns
 the data and every process holds a proxy. See README.md.
 
+``IMPLEMENTATION`` is ``"c"`` where the compiled core runs and ``"python"`` where its
+pure-Python twin does (see :mod:`shmstore._hot`).
+
 The store classes are imported on first use (PEP 562), so the manager process, which
 imports this package, does not pay for importing LangChain.
 """
@@ -27,6 +30,8 @@ from ._errors import (
     ValueTooLargeError,
 )
 
+from ._hot import IMPLEMENTATION
+
 # The manager process imports this package: typing, like the store classes, is kept out
 # of its memory (annotations are not evaluated at run time).
 TYPE_CHECKING = False
@@ -38,6 +43,7 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 __all__ = [
+    "IMPLEMENTATION",
     "BatchTooLargeError",
     "InvalidBatchError",
     "InvalidKeyError",

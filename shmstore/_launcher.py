@@ -20,6 +20,7 @@ import msgpack
 
 from ._errors import StoreError
 from ._limits import Limits
+from ._options import Options
 from ._runtime import StorePaths
 
 __all__ = ["ManagerProcess"]
@@ -59,6 +60,7 @@ class ManagerProcess:
         authkey: bytes,
         *,
         limits: Limits,
+        options: Options,
         segment_bytes: int,
         start_timeout_s: float,
     ) -> ManagerProcess:
@@ -91,6 +93,7 @@ class ManagerProcess:
             "owner_pid": os.getpid(),
             "limits": limits._asdict(),
             "segment_bytes": segment_bytes,
+            "options": options._asdict(),
         }
         try:
             with process.stdin:

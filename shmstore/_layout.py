@@ -1,41 +1,65 @@
 """The shared-memory layout of a store: what the manager writes and every proxy reads.
 
+This module is the format's one source. The compiled core (``shmstore/_hot/_chot.c``)
+repeats the constants it needs, and ``tests/test_hot.py`` checks them against these.
+
 All of a store's segments share a name prefix (:func:`segment_prefix`); each is an
-array of native 64-bit words where words are concerned, read and written through
-``memoryview.cast("Q")``, so every load and store of a word is one aligned 8-byte
-access, which is atomic on x86-64.
+array of native 64-bit words where words are concerned, every load and store of a word
+one aligned 8-byte access, which is atomic on x86-64.
 
-``ctl`` (4 KiB), the header; words:
-    0 MAGIC  1 VERSION  2 SEQ  3 INDEX_GEN  4 INDEX_CAPACITY  5 LIVE_KEYS
-    6 LIVE_BYTES (keys and values)  7 NEXT_ORDER  8 MAX_VALUE_BYTES  9 MAX_BATCH_BYTES
-    10 MAX_STORE_BYTES  11 MANAGER_PID  12-511 reserved (zero)
+``ctl``, the header (:data:`CTL_BYTES`): :data:`HEADER_WORDS` header words, then
+:data:`STRIPES` stripe version words. Header words:
+    0 MAGIC  1 VERSION  2 INDEX_GEN  3 LIVE_KEYS  4 LIVE_BYTES (keys and values)
+    5 NEXT_ORDER  6 MAX_VALUE_BYTES  7 MAX_BATCH_BYTES  8 MAX_STORE_BYTES
+    9 MANAGER_PID  10 DIRECT_READS  11 STAGE_BYTES  12 IMPLEMENTATION (0 c, 1 python)
+    13-511 reserved (zero)
+Words 10-12 are the store's data-path options (:mod:`shmstore._options`), set by its
+owner and read by every proxy, so every process of a store takes the same paths.
 
-``i<gen>``, the index: an open-addressing hash table, linear probing, ``capacity``
-(a power of two) slots of :data:`SLOT_WORDS` words:
+``i<gen>``, the index: an open-addressing hash table, linear probing, a power of two
+of slots of :data:`SLOT_WORDS` words (the capacity is the segment's size / 32):
     0 HASH_KLEN  crc32(key) | len(key) << 32      (key as UTF-8, surrogatepass)
     1 REF        0 empty, 1 deleted, else arena segment id << 40 | byte offset
     2 VLEN       value length in bytes
     3 ORDER      insertion number: keys are listed in insertion order, as a dict's
-    4 EXPIRES    reserved for a time-to-live (0: never); LIVE_BYTES in the header
-                 is the running total a byte bound or eviction would check
 When the index fills past :data:`MAX_LOAD`, the manager builds ``i<gen+1>`` and
 switches INDEX_GEN; readers notice and map the new one.
 
-``a<id>``, arena segments: each entry is the key's bytes then the value's, starting
-at an 8-byte boundary, in a block of its size class (:func:`entry_bytes`). Segment ids
-are never reused while the store lives.
+``a<id>``, arena segments (ids from 1): each entry is the key's bytes then the value's,
+starting at an 8-byte boundary, in a block of its size class (:func:`entry_bytes`).
+Segment ids are never reused while the store lives.
 
-Consistency is a store-wide seqlock: the manager makes SEQ odd before it changes
-anything a reader can reach, applies a whole batch, and makes SEQ even again. It may
-acknowledge a batch while SEQ is odd, before applying it; a reader that starts after
-the acknowledgment then finds SEQ odd until the batch is all in. (A
-batch's entries are written beforehand, into blocks no slot points at: fresh ones, or
-ones freed by an earlier batch, whose SEQ change any reader still copying them sees.)
-A reader reads SEQ, reads what it needs, and reads SEQ again; if the two differ, or
-the first was odd, what it read may be torn or freed and reused, and it reads again.
-x86-64 keeps loads in order with loads and stores with stores (TSO), which is all a
-seqlock needs here; elsewhere readers ask the manager instead (see
-:mod:`shmstore._reader`).
+Consistency: striped version counters (after MemC3, Fan, Andersen and Kaminsky, NSDI
+2013), so a write disturbs only the reads of the keys it touches. A key's stripe is
+``crc32(key) % STRIPES``. The manager, the only writer, applies a batch as:
+
+1. write the batch's entries into arena blocks no slot points at (fresh ones, or ones
+   freed by an earlier batch, whose keys' stripes that batch moved on);
+2. make every stripe of the batch's keys odd (once each), then acknowledge;
+3. change the slots: a new key's slot gets HASH_KLEN, VLEN and ORDER first and REF
+   last; an overwrite sets VLEN then REF; a delete sets REF to DELETED;
+4. make those stripes even again.
+An index rebuild writes a whole new index segment nobody reads, then stores INDEX_GEN.
+
+A reader reads INDEX_GEN and checks it is the generation it has mapped; then for each
+key it reads the key's stripe (an odd one: a write in progress, try again), then REF,
+then the slot's other words, then the entry, bounds-checking every offset and length;
+then it reads INDEX_GEN and every stripe again, and if any differs, it tries again.
+
+Why that is enough, on x86-64, whose loads are not reordered with loads nor stores
+with stores (TSO): suppose a reader returns part of a batch B, the new value of ``a``
+and the old of ``b``. It read a's entry after B's step 3 for ``a``, so after step 2
+made b's stripe odd; its final read of b's stripe came later still, so it saw that
+odd value or a later one. Its first read of b's stripe came before it read b's old
+slot, so before B changed it: so it read the version from before step 2, which the
+final read does not match, and the reader tries again. The same argument covers a key
+that B deletes and a block that B frees and a later batch reuses (B moved the freed
+key's stripe on before the block could be written again), and a slot of another stripe
+that B fills on a key's probe path: REF is stored last and loaded first, so a reader
+that sees the new REF sees the new HASH_KLEN, which belongs to another key. A reader
+holding an index that was replaced sees INDEX_GEN change, since the switch precedes
+every write into the new index. Elsewhere than x86-64, readers ask the manager
+instead (see :mod:`shmstore._reader`).
 """
 
 from __future__ import annotations
@@ -46,9 +70,11 @@ from hashlib import blake2b
 
 __all__ = [
     "CTL_BYTES",
+    "HEADER_WORDS",
     "MAGIC",
     "MAX_LOAD",
     "SLOT_WORDS",
+    "STRIPES",
     "VERSION",
     "arena_name",
     "ctl_name",
@@ -60,17 +86,24 @@ __all__ = [
 ]
 
 MAGIC = 0x5348_4D53_544F_5245  # "SHMSTORE"
-VERSION = 1
-CTL_BYTES = 4096
+VERSION = 2
 
 # header words
-W_MAGIC, W_VERSION, W_SEQ, W_INDEX_GEN, W_INDEX_CAPACITY = 0, 1, 2, 3, 4
-W_LIVE_KEYS, W_LIVE_BYTES, W_NEXT_ORDER = 5, 6, 7
-W_MAX_VALUE_BYTES, W_MAX_BATCH_BYTES, W_MAX_STORE_BYTES, W_MANAGER_PID = 8, 9, 10, 11
+W_MAGIC, W_VERSION, W_INDEX_GEN = 0, 1, 2
+W_LIVE_KEYS, W_LIVE_BYTES, W_NEXT_ORDER = 3, 4, 5
+W_MAX_VALUE_BYTES, W_MAX_BATCH_BYTES, W_MAX_STORE_BYTES, W_MANAGER_PID = 6, 7, 8, 9
+W_DIRECT_READS, W_STAGE_BYTES, W_IMPLEMENTATION = 10, 11, 12
+HEADER_WORDS = 512
+
+#: Stripe version words, after the header. 16,384 stripes (128 KiB): two batches of 64
+#: keys share a stripe with probability about 1 - (1 - 64/16384)^64, 22%, and then
+#: only while both are being applied at once.
+STRIPES = 16384
+CTL_BYTES = (HEADER_WORDS + STRIPES) * 8
 
 # slot words
-SLOT_WORDS = 5
-S_HASH_KLEN, S_REF, S_VLEN, S_ORDER, S_EXPIRES = 0, 1, 2, 3, 4
+SLOT_WORDS = 4
+S_HASH_KLEN, S_REF, S_VLEN, S_ORDER = 0, 1, 2, 3
 
 EMPTY, DELETED = 0, 1
 OFFSET_BITS = 40
@@ -103,8 +136,8 @@ def arena_name(prefix: str, segment_id: int) -> str:
     return f"{prefix}a{segment_id}"
 
 
-#: ``key_hash(key_bytes) -> int``: the stable 32-bit hash of a key, CRC-32 (Python's
-#: ``hash`` differs between processes). Bound directly, as the writer's hot loop calls it.
+#: ``key_hash(key_bytes) -> int``: the stable 32-bit hash of a key, CRC-32 (IEEE, as
+#: zlib's; Python's ``hash`` differs between processes).
 key_hash = zlib.crc32
 
 

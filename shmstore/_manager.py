@@ -9,13 +9,13 @@ writes its configuration as one msgpack map to its stdin, and waits for the line
   peer that never answers holds up only its own thread), then loops: read one request,
   apply it to the table under the table lock, send the reply. An ``mset`` is
   acknowledged as soon as the manager needs nothing more from its client, inside the
-  seqlock's write window, and finished while the client prepares its next request
+  write window (its keys' stripes odd), and finished while the client prepares its next request
   (see :meth:`Table.set_many <shmstore._table.Table.set_many>`); that early reply is
   sent only if it cannot block, since the table lock is held. A thread woken straight
   out of ``read`` answers about 10 us sooner than an epoll loop on these machines, and
   a client that stalls mid-frame stalls nobody else. Decoding and encoding happen
   outside the lock; only the table operation is inside it, and the table publishes
-  each write batch under its seqlock, so every batch is atomic to every other process
+  each write batch under its keys' stripe versions, so every batch is atomic to every other process
   without any lock a client could hold. When a process's last connection ends, the
   staging segments it left are unlinked.
 * **a reserver thread** keeps arena pages reserved ahead of need (:class:`_Reserver`),
@@ -49,6 +49,7 @@ import msgpack
 from . import _protocol as proto
 from ._errors import ProtocolError, StoreError
 from ._limits import Limits
+from ._options import Options
 from ._runtime import StorePaths
 from ._segment import Segment
 from ._staging import KEEP_BYTES
@@ -90,6 +91,7 @@ class Manager:
     :param limits: the store's size limits; a client sending a frame over
         ``limits.max_frame_bytes`` loses its connection.
     :param segment_bytes: virtual size of each arena segment.
+    :param options: the store's data-path options (:mod:`shmstore._options`).
     """
 
     def __init__(
@@ -99,8 +101,10 @@ class Manager:
         owner_pid: int,
         limits: Limits,
         segment_bytes: int,
+        options: Options,
     ) -> None:
         self._paths = paths
+        self._options = options
         self._authkey = authkey
         self._owner_pid = owner_pid
         self._limits = limits
@@ -137,7 +141,9 @@ class Manager:
         listener.listen(128)
         listener.setblocking(False)
         self._listener = listener
-        self._table = Table(self._paths.segment_prefix, self._segment_bytes, self._limits)
+        self._table = Table(
+            self._paths.segment_prefix, self._segment_bytes, self._limits, self._options
+        )
         self._reserver = _Reserver(self._table, self._table_lock)
         self._selector.register(listener, selectors.EVENT_READ, self._accept)
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeups)
@@ -331,7 +337,7 @@ class Manager:
                 views.append(whole[offset : offset + n])
                 offset += n
             try:
-                table.set_many(keys, views, reply.acknowledge, copy_before_acknowledge=True)
+                table.set_many(keys, views, reply.acknowledge)
             finally:
                 for view in views:
                     view.release()
@@ -342,7 +348,7 @@ class Manager:
 
 class _Reserver:
     """A thread that keeps arena pages reserved ahead of the table's need (see
-    :meth:`Table.reservation_wanted`). Its system calls release the GIL, so on a
+    :meth:`Arena.reservation_wanted <shmstore._arena.Arena.reservation_wanted>`). Its system calls release the GIL, so on a
     machine with a core to spare it reserves while the connection threads serve
     requests; the table lock is held only to read and record the plan."""
 
@@ -356,8 +362,8 @@ class _Reserver:
 
     def wake_if_short(self) -> None:
         """Start reserving if the table is short (an unlocked hint: see
-        :meth:`Table.short_of_reserve`)."""
-        if self._table.short_of_reserve():
+        :meth:`Arena.short_of_reserve <shmstore._arena.Arena.short_of_reserve>`)."""
+        if self._table.arena.short_of_reserve():
             self._wanted.set()
 
     def stop(self) -> None:
@@ -373,7 +379,7 @@ class _Reserver:
             if self._stopping:
                 return
             with self._table_lock:
-                plan = self._table.reservation_wanted()
+                plan = self._table.arena.reservation_wanted()
             if plan is None:
                 continue
             arena, start, end = plan
@@ -382,7 +388,7 @@ class _Reserver:
             except Exception:
                 continue  # best effort: a batch that needs the bytes reserves, or reports
             with self._table_lock:
-                self._table.reserved(arena, end)
+                self._table.arena.reserved(arena, end)
 
 
 class _Reply:
@@ -467,6 +473,7 @@ def main() -> int:
         config["owner_pid"],
         Limits(**config["limits"]),
         config["segment_bytes"],
+        Options(**config["options"]),
     )
     try:
         manager.open()

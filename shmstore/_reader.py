@@ -1,200 +1,178 @@
 """Direct reads: a proxy looks keys up in the store's shared memory itself, without a
-request to the manager (layout and seqlock: :mod:`shmstore._layout`).
+request to the manager (layout and the consistency argument: :mod:`shmstore._layout`).
 
-A read is optimistic. The reader notes SEQ, looks every key of the batch up and copies
-its value out, then checks SEQ again: equal and even means no write overlapped, so the
-whole batch is as of one moment; otherwise it tries again, and after
-:data:`ATTEMPTS` tries it gives up and the proxy asks the manager. While a write
-overlaps, what the reader sees may be torn, freed or reused, so every length and offset
-is bounds-checked before use and any failure of a torn read only means "try again".
+A read is optimistic: the hot function ``lookup`` reads the batch and checks the
+stripe versions of its keys and the index generation around it. A write to other keys
+never disturbs it. One that overlaps it on its keys' stripes makes it read again, in
+place: a few times at once, then yielding the CPU between tries (on a machine with
+fewer cores than processes the writer may need the core), for up to
+:data:`GIVE_UP_S`; only a manager stalled that long, or killed mid-batch, sends the
+read to the manager instead.
 
-Direct reads are on where the seqlock's memory-ordering argument holds: x86-64, whose
-loads are not reordered with other loads nor stores with other stores. Elsewhere, or
-with ``SHMSTORE_DIRECT_READS=0`` in the environment, every read goes to the manager.
+A proxy's reader is shared by its threads. What a lookup uses, the ``ctl`` and index
+mappings and their generation, is published as one tuple and replaced whole when the
+index grows; arena mappings are only ever added. Nothing is unmapped explicitly:
+a mapping goes when the last reference to it does, so a thread still inside a lookup
+keeps what it is reading, and no thread ever finds a mapping released under it.
+
+Direct reads are on where the layout's memory-ordering argument holds, x86-64, unless
+the store's owner turned them off (:mod:`shmstore._options`).
 """
 
 from __future__ import annotations
 
 import os
-import platform
-import select
-import weakref
+import threading
+import time
 
+from . import _hot
 from . import _layout as L
 from ._limits import Limits
+from ._options import Options
 from ._segment import Segment
 
-__all__ = ["ATTEMPTS", "DIRECT_READS", "DirectReader", "read_limits"]
+__all__ = ["GIVE_UP_S", "DirectReader", "read_header"]
 
-#: Whether proxies read shared memory directly (see the module docstring).
-DIRECT_READS = platform.machine().lower() in {"x86_64", "amd64"} and os.environ.get(
-    "SHMSTORE_DIRECT_READS", "1"
-) not in {"0", "false", "no", "off"}
-
-#: Optimistic reads of a batch before falling back to the manager.
-ATTEMPTS = 3
-
-_W = L.SLOT_WORDS
+#: Seconds a read keeps trying while writes overlap it before it asks the manager.
+GIVE_UP_S = 0.05
+#: Tries made at once before each further one yields the CPU.
+_SPINS = 4
 
 
-class _Torn(Exception):
-    """What was read does not add up: a write overlapped."""
+class _Pidfd:
+    """A pidfd, closed when the last reference to it goes (a thread inside a read
+    holds one), never while a thread may still poll it."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, pid: int) -> None:
+        self.fd = os.pidfd_open(pid)
+
+    def __del__(self) -> None:
+        os.close(self.fd)
 
 
 class DirectReader:
     """Read-only mappings of one store's segments, lookups in them, and a pidfd of the
     manager that wrote them, to tell without a request or a lock whether it still runs.
 
+    Counters, per reader (this proxy in this process): :attr:`reads` batches read
+    directly, :attr:`retried` of them read again because a write overlapped,
+    :attr:`fell_back` given up to the manager.
+
+    :param implementation: the hot functions to read with (default: the store's).
     :raises FileNotFoundError: the store's segments do not exist (any more).
     :raises ProcessLookupError: its manager has exited.
     :raises ValueError: they are of another layout version.
     :raises OSError: no pidfds here (Linux before 5.3): the manager must answer reads.
     """
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, implementation: str | None = None) -> None:
         self._prefix = prefix
-        self._manager_fd = -1
-        self._close_manager_fd: weakref.finalize[[int], DirectReader] | None = None
-        self._ctl = Segment.open(L.ctl_name(prefix))
-        self._header = memoryview(self._ctl.buf).cast("Q")
-        self._generation = 0
-        self._index: Segment | None = None
-        self._slots = memoryview(b"").cast("Q")
-        self._mask = -1
-        self._arenas: dict[int, bytes] = {}  # segment id -> its mmap
-        if self._header[L.W_MAGIC] != L.MAGIC or self._header[L.W_VERSION] != L.VERSION:
-            self.close()
+        ctl = memoryview(Segment.open(L.ctl_name(prefix)).buf).cast("Q")
+        if len(ctl) * 8 != L.CTL_BYTES or ctl[L.W_MAGIC] != L.MAGIC or ctl[L.W_VERSION] != L.VERSION:
             raise ValueError(f"segment {L.ctl_name(prefix)!r} is not a version {L.VERSION} store")
-        try:
-            self._manager_fd = os.pidfd_open(self._header[L.W_MANAGER_PID])
-        except BaseException:
-            self.close()
-            raise
-        # A raw descriptor, unlike an mmap, is not closed when its owner is collected.
-        self._close_manager_fd = weakref.finalize(self, os.close, self._manager_fd)
-
-    def manager_alive(self) -> bool:
-        """Whether the manager that wrote these segments still runs: one ``poll`` of
-        its pidfd (a poll object per call: they refuse concurrent use by threads)."""
-        exited = select.poll()
-        exited.register(self._manager_fd, select.POLLIN)
-        return not exited.poll(0)
-
-    @property
-    def limits(self) -> Limits:
-        """The limits the manager published in the header."""
-        return _limits_in(self._header)
+        self.options = Options.read(ctl)
+        self.limits = _limits_in(ctl)
+        self._hot = _hot.load(implementation or self.options.implementation)
+        self._pidfd: _Pidfd | None = _Pidfd(ctl[L.W_MANAGER_PID])
+        self._lock = threading.Lock()  # for mapping, the slow path only
+        self._arenas: list[object] = [None]
+        self._state: tuple[memoryview, memoryview, int] | None = (
+            ctl,
+            memoryview(bytearray(8 * L.SLOT_WORDS)).cast("Q"),
+            0,  # no index is generation 0: the first read maps the current one
+        )
+        self.reads = self.retried = self.fell_back = 0
 
     def get_many(self, encoded_keys: list[bytes]) -> list[bytes | None] | None:
-        """The values of the keys (UTF-8 with surrogatepass), as of one moment, or
-        ``None`` if no consistent read was had in :data:`ATTEMPTS` tries."""
-        header = self._header
-        for _ in range(ATTEMPTS):
-            seq = header[L.W_SEQ]
-            if seq & 1:
-                continue
-            try:
-                if header[L.W_INDEX_GEN] != self._generation:
-                    self._map_index(header[L.W_INDEX_GEN], header[L.W_INDEX_CAPACITY])
-                values = self._lookup(encoded_keys)
-            except (_Torn, OSError, ValueError, IndexError):
-                continue
-            if header[L.W_SEQ] == seq:
-                return values
-        return None
+        """The values of the keys (UTF-8 with surrogatepass), as of one moment; ``None``
+        if the manager must answer: it has exited (its memory is never served then),
+        this reader is closed, or no consistent read was had in :data:`GIVE_UP_S`."""
+        state, pidfd, hot = self._state, self._pidfd, self._hot
+        if state is None or pidfd is None or not hot.manager_alive(pidfd.fd):
+            return None
+        self.reads += 1
+        found = hot.lookup(state[0], state[1], state[2], self._arenas, encoded_keys)
+        if type(found) is list:
+            return found  # type: ignore[no-any-return]
+        return self._read_again(encoded_keys, found)
 
-    def _lookup(self, encoded_keys: list[bytes]) -> list[bytes | None]:
-        # The readers' hot path: one loop, everything bound locally. A key is usually
-        # settled at its first slot (the index stays under MAX_LOAD), so that probe is
-        # inline and only a collision takes the bounded search.
-        slots, mask, arenas = self._slots, self._mask, self._arenas
-        crc32, empty, deleted = L.key_hash, L.EMPTY, L.DELETED
-        offset_bits, offset_mask = L.OFFSET_BITS, L.OFFSET_MASK
-        out: list[bytes | None] = []
-        append = out.append
-        for kb in encoded_keys:
-            h = crc32(kb)
-            klen = len(kb)
-            want = h | klen << 32
-            base = (h & mask) * _W
-            ref = slots[base + 1]
-            if ref == empty:
-                append(None)
-                continue
-            if ref != deleted and slots[base] == want:
-                buf = arenas.get(ref >> offset_bits) or self._map_arena(ref >> offset_bits)
-                off = ref & offset_mask
-                end = off + klen + slots[base + 2]
-                if end > len(buf):
-                    raise _Torn
-                if buf[off : off + klen] == kb:
-                    append(buf[off + klen : end])
+    @property
+    def manager_alive(self) -> bool:
+        """Whether the manager that wrote these segments still runs."""
+        pidfd = self._pidfd
+        return pidfd is not None and bool(self._hot.manager_alive(pidfd.fd))
+
+    def _read_again(self, keys: list[bytes], found: object) -> list[bytes | None] | None:
+        hot = self._hot
+        torn = 0
+        deadline = 0.0
+        while True:
+            if found == hot.TORN:
+                torn += 1
+                if torn == 1:
+                    self.retried += 1
+                    deadline = time.monotonic() + GIVE_UP_S
+                elif torn > _SPINS:
+                    if time.monotonic() > deadline:
+                        self.fell_back += 1
+                        return None
+                    os.sched_yield()
+            else:
+                try:
+                    self._map(found)  # type: ignore[arg-type]
+                except (OSError, ValueError):
+                    found = hot.TORN  # gone or not yet whole: read the header again
                     continue
-            append(self._probe(kb, want, (h + 1) & mask))
-        return out
-
-    def _probe(self, kb: bytes, want: int, start: int) -> bytes | None:
-        """The rest of a key's search, from slot ``start`` on."""
-        slots, mask, klen = self._slots, self._mask, len(kb)
-        i = start
-        for _ in range(mask):
-            base = i * _W
-            ref = slots[base + 1]
-            if ref == L.EMPTY:
+            state = self._state
+            if state is None:
                 return None
-            if ref != L.DELETED and slots[base] == want:
-                arena = ref >> L.OFFSET_BITS
-                buf = self._arenas.get(arena) or self._map_arena(arena)
-                off = ref & L.OFFSET_MASK
-                end = off + klen + slots[base + 2]
-                if end > len(buf):
-                    raise _Torn
-                if buf[off : off + klen] == kb:
-                    return buf[off + klen : end]
-            i = (i + 1) & mask
-        raise _Torn  # a full table cannot be: the index was being rebuilt
+            found = hot.lookup(state[0], state[1], state[2], self._arenas, keys)
+            if type(found) is list:
+                return found  # type: ignore[no-any-return]
 
-    def _map_index(self, generation: int, capacity: int) -> None:
-        segment = Segment.open(L.index_name(self._prefix, generation))
-        if capacity & (capacity - 1) or len(segment.buf) != capacity * _W * 8:
-            segment.close()
-            raise _Torn
-        old = self._index
-        self._slots.release()
-        self._index, self._generation = segment, generation
-        self._slots = memoryview(segment.buf).cast("Q")
-        self._mask = capacity - 1
-        if old is not None:
-            old.close()
-
-    def _map_arena(self, segment_id: int) -> bytes:
-        segment = Segment.open(L.arena_name(self._prefix, segment_id))
-        self._arenas[segment_id] = segment.buf  # type: ignore[assignment]
-        return segment.buf  # type: ignore[return-value]
+    def _map(self, what: int) -> None:
+        """Map the current index (``what`` is ``STALE``) or arena segment ``what``."""
+        with self._lock:
+            state = self._state
+            if state is None:
+                return
+            ctl = state[0]
+            if what == self._hot.STALE:
+                generation = ctl[L.W_INDEX_GEN]
+                if generation == state[2]:
+                    return  # another thread did
+                slots = memoryview(Segment.open(L.index_name(self._prefix, generation)).buf)
+                capacity = len(slots) // (8 * L.SLOT_WORDS)
+                if capacity < 1 or capacity & (capacity - 1) or len(slots) % (8 * L.SLOT_WORDS):
+                    raise ValueError("not a whole index")
+                self._state = (ctl, slots.cast("Q"), generation)
+                return
+            arenas = self._arenas
+            if what < len(arenas) and arenas[what] is not None:
+                return
+            buf = Segment.open(L.arena_name(self._prefix, what)).buf
+            if what >= len(arenas):
+                arenas.extend([None] * (what + 1 - len(arenas)))
+            arenas[what] = buf
 
     def close(self) -> None:
-        """Drop every mapping, and the pidfd."""
-        if self._close_manager_fd is not None:
-            self._close_manager_fd()  # a finalizer runs at most once
-        self._header.release()
-        self._slots.release()
-        for segment in (self._ctl, self._index):
-            if segment is not None:
-                segment.close()
-        for buf in self._arenas.values():
-            buf.close()  # type: ignore[attr-defined]
-        self._arenas.clear()
+        """Drop this reader's mappings and pidfd; each goes once no thread is using it."""
+        self._state = None
+        self._pidfd = None
+        self._arenas = [None]
 
 
-def read_limits(prefix: str) -> Limits:
-    """The limits a store's manager published in its header.
+def read_header(prefix: str) -> tuple[Limits, Options]:
+    """The limits and options a store's manager published in its header.
 
     :raises FileNotFoundError: the store's segments do not exist (any more).
     """
     segment = Segment.open(L.ctl_name(prefix))
     header = memoryview(segment.buf).cast("Q")
     try:
-        return _limits_in(header)
+        return _limits_in(header), Options.read(header)
     finally:
         header.release()
         segment.close()

@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 import msgpack
 
 from . import _protocol as proto
-from . import _reader
 from ._client import Client
 from ._errors import (
     InvalidBatchError,
@@ -30,7 +29,8 @@ from ._errors import (
 )
 from ._launcher import ManagerProcess
 from ._limits import Limits
-from ._reader import DirectReader, read_limits
+from ._options import Options
+from ._reader import DirectReader, read_header
 from ._runtime import StorePaths, claim, default_runtime_dir, new_name
 from ._staging import Staged, Stager
 
@@ -43,11 +43,6 @@ __all__ = ["SharedByteStore", "SharedStore"]
 
 V = TypeVar("V")
 _Self = TypeVar("_Self", bound="_SharedStoreBase[Any]")
-
-#: An ``mset`` whose values add up to more bytes than this goes through a shared-memory
-#: staging segment instead of the socket: the manager copies each value once, from the
-#: staging segment into the arena (:mod:`shmstore._staging`).
-STAGE_MIN_BYTES = 256 << 10
 
 _short = reprlib.Repr()
 _short.maxstring = _short.maxother = 60
@@ -88,6 +83,7 @@ class _SharedStoreBase(BaseStore[str, V]):
         start_timeout_s: float = 10.0,
     ) -> None:
         limits = Limits.resolve(max_value_bytes, max_batch_bytes, max_store_bytes)
+        options = Options.from_environment()
         if not isinstance(segment_bytes, int) or segment_bytes < 1 << 20:
             raise ValueError(
                 f"segment_bytes must be an int of at least 1 MiB, got {segment_bytes!r}"
@@ -101,26 +97,29 @@ class _SharedStoreBase(BaseStore[str, V]):
                 paths,
                 authkey,
                 limits=limits,
+                options=options,
                 segment_bytes=segment_bytes,
                 start_timeout_s=start_timeout_s,
             )
         except BaseException:
             paths.remove(authkey)
             raise
-        self._init_proxy(paths, authkey, manager, limits)
+        self._init_proxy(paths, authkey, manager, (limits, options))
 
     def _init_proxy(
         self,
         paths: StorePaths,
         authkey: bytes | None,
         manager: ManagerProcess | None,
-        limits: Limits | None = None,
+        config: tuple[Limits, Options] | None = None,
     ) -> None:
         self._paths = paths
-        self._owned_limits = limits  # None: an attached proxy reads the store's header
-        self._limits: tuple[int, Limits] | None = None  # (connection generation, limits)
+        self._owned_config = config  # None: an attached proxy reads the store's header
+        # (connection generation, limits and options read from the header then)
+        self._config: tuple[int, tuple[Limits, Options]] | None = None
         self._client = Client(paths, authkey)
         self._reader: DirectReader | None = None
+        self._reader_failed = -1  # the connection generation a reader last failed at
         self._stager = Stager(paths.segment_prefix)
         self._manager = manager
         # Stops the manager if the owner drops the store without closing it, or exits.
@@ -211,18 +210,33 @@ class _SharedStoreBase(BaseStore[str, V]):
 
         :raises StoreNotFoundError: the store has stopped.
         """
-        if self._owned_limits is not None:
-            return self._owned_limits
+        return self._store_config()[0]
+
+    def _store_config(self) -> tuple[Limits, Options]:
+        """The store's limits and data-path options: the owner's own, else those its
+        manager published, read again once per connection (a new one may reach the
+        store restarted under the same name)."""
+        if self._owned_config is not None:
+            return self._owned_config
         reader = self._reader
-        if reader is not None and reader.manager_alive():
-            return reader.limits  # the store this proxy reads, restarted or not
+        if reader is not None and reader.manager_alive:
+            return reader.limits, reader.options  # the store this proxy reads
         generation = self._client.generation
-        if self._limits is None or self._limits[0] != generation:
+        if self._config is None or self._config[0] != generation:
             try:
-                self._limits = generation, read_limits(self._paths.segment_prefix)
+                self._config = generation, read_header(self._paths.segment_prefix)
             except FileNotFoundError:
                 raise StoreNotFoundError(f"store {self.name!r} has stopped") from None
-        return self._limits[1]
+        return self._config[1]
+
+    def read_counters(self) -> tuple[int, int, int]:
+        """``(reads, retried, fell_back)``: this proxy's direct reads in this process,
+        how many of them read again because a write overlapped their keys' stripes,
+        and how many were given up to the manager (see :mod:`shmstore._reader`)."""
+        reader = self._reader
+        if reader is None:
+            return 0, 0, 0
+        return reader.reads, reader.retried, reader.fell_back
 
     def _frame(self, *message: Any, limits: Limits | None = None) -> bytes:
         """One request, encoded; ``limits``: the store's, if the caller has just read
@@ -249,25 +263,34 @@ class _SharedStoreBase(BaseStore[str, V]):
 
     def _read_direct(self, keys: list[str]) -> list[bytes | None] | None:
         """The raw values read straight from shared memory, or ``None`` when the
-        manager must answer (direct reads off, segments not mapped, or no consistent
-        read in a few tries)."""
-        if not _reader.DIRECT_READS:
-            return None
+        manager must answer (direct reads off, segments not mapped, the manager gone,
+        or no consistent read in time)."""
         reader = self._reader
         if reader is None:
-            try:
-                reader = self._reader = DirectReader(self._paths.segment_prefix)
-            except (OSError, ValueError):
-                return None  # the manager answers, or its absence raises
-        # Never serve a dead store's memory. The check is a pidfd poll, not a request
-        # or a lock, so a read never waits behind another thread's long write. With
-        # the manager gone, the request the caller falls back to raises, or, if the
-        # store was restarted under the same name, reaches the new one.
-        if not reader.manager_alive():
+            reader = self._open_reader()
+            if reader is None:
+                return None
+        values = reader.get_many([key.encode("utf-8", "surrogatepass") for key in keys])
+        if values is None and not reader.manager_alive:
+            # Never serve a dead store's memory. The request the caller falls back to
+            # raises, or, if the store was restarted under the same name, reaches the
+            # new one, which the next read maps.
             self._reader = None
             reader.close()
-            return None
-        return reader.get_many([key.encode("utf-8", "surrogatepass") for key in keys])
+        return values
+
+    def _open_reader(self) -> DirectReader | None:
+        generation = self._client.generation
+        if self._reader_failed == generation:
+            return None  # tried on this connection already: the manager answers
+        try:
+            if not self._store_config()[1].direct_reads:
+                raise ValueError("direct reads are off")
+            reader = self._reader = DirectReader(self._paths.segment_prefix)
+        except (OSError, ValueError, StoreNotFoundError):
+            self._reader_failed = generation
+            return None  # the manager answers, or its absence raises
+        return reader
 
     def _mset_batch(
         self, key_value_pairs: Iterable[tuple[str, V]]
@@ -302,10 +325,10 @@ class _SharedStoreBase(BaseStore[str, V]):
         :raises StoreFullError: ``/dev/shm`` has no room to stage them (nothing sent).
         """
         sizes = list(map(len, values))
-        limits = self.limits
+        limits, options = self._store_config()
         limits.check_batch(keys, sizes)
         total = sum(sizes)
-        if total <= STAGE_MIN_BYTES:
+        if total < options.stage_bytes:
             return self._frame(proto.MSET, keys, values, limits=limits), None
         # Connected first: the manager then knows this process, and unlinks its staging
         # segments if it dies before the request arrives.
@@ -369,9 +392,9 @@ class _SharedStoreBase(BaseStore[str, V]):
         The batch is atomic: a concurrent ``mget`` in any process sees all of its pairs
         or none, and a failed call applied none of them, except that a
         :class:`StoreConnectionError` raised after the request was sent leaves it
-        unknown whether the whole batch was applied. Values adding up to more than
-        ``STAGE_MIN_BYTES`` travel through a shared-memory staging segment, not the
-        socket.
+        unknown whether the whole batch was applied. Values adding up to at least
+        ``SHMSTORE_STAGE_BYTES`` (default 256 KiB) travel through a shared-memory
+        staging segment, not the socket.
 
         :raises InvalidBatchError: an item is not a pair, its key not a ``str``, or its
             value not storable (:class:`InvalidKeyError`, :class:`InvalidValueError`).

@@ -106,14 +106,13 @@ def no_leaks(request, _long_lived_helpers):
 @pytest.fixture(params=["direct", "staged", "manager"])
 def data_path(request, monkeypatch):
     """Each way values travel: small batches over the socket with direct reads; every
-    mset staged through a shared-memory segment; every read answered by the manager
-    (direct reads switched off, as SHMSTORE_DIRECT_READS=0 does)."""
-    from shmstore import _reader, _store
-
+    mset staged through a shared-memory segment; every read answered by the manager.
+    Selected as a user would, through the environment of the process that creates the
+    store (the store carries the choice to its manager and every proxy)."""
     if request.param == "staged":
-        monkeypatch.setattr(_store, "STAGE_MIN_BYTES", -1)
+        monkeypatch.setenv("SHMSTORE_STAGE_BYTES", "0")
     elif request.param == "manager":
-        monkeypatch.setattr(_reader, "DIRECT_READS", False)
+        monkeypatch.setenv("SHMSTORE_DIRECT_READS", "0")
     return request.param
 
 
@@ -131,3 +130,14 @@ def byte_store():
 
     with SharedByteStore() as store:
         yield store
+
+
+@pytest.fixture(params=["c", "python"])
+def implementation(request):
+    """Each implementation of the hot functions, by name; the compiled one is skipped
+    where it was not built (and is an error under SHMSTORE_REQUIRE_NATIVE=1)."""
+    from shmstore import _hot
+
+    if request.param == "c" and _hot.load("c") is _hot.fallback:
+        pytest.skip("the compiled core is not built here")
+    return request.param

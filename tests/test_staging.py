@@ -13,7 +13,7 @@ import pytest
 from shmstore import _staging
 from tests import _workers
 
-LARGE = 300_000  # over STAGE_MIN_BYTES: staged
+LARGE = 300_000  # over SHMSTORE_STAGE_BYTES: staged
 
 
 def _segments_of(store, pid: int | None = None) -> list[str]:

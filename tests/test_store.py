@@ -15,7 +15,7 @@ import textwrap
 import pytest
 
 import shmstore
-from shmstore import _protocol, _reader
+from shmstore import _protocol
 from shmstore._client import Client
 from shmstore._runtime import StorePaths
 from tests import _workers
@@ -319,11 +319,14 @@ class _CountingExecutor(concurrent.futures.ThreadPoolExecutor):
 
 
 @pytest.mark.parametrize(("direct", "hops"), [(True, 3), (False, 4)], ids=["direct", "manager"])
-async def test_async_calls_hop_to_a_thread_once_per_call_not_per_key(
-    byte_store, monkeypatch, direct, hops
-):
+async def test_async_calls_hop_to_a_thread_once_per_call_not_per_key(monkeypatch, direct, hops):
     # amget reads shared memory in the caller's thread; only requests hop.
-    monkeypatch.setattr(_reader, "DIRECT_READS", direct)
+    monkeypatch.setenv("SHMSTORE_DIRECT_READS", "1" if direct else "0")
+    with shmstore.SharedByteStore() as byte_store:
+        await _hop_once_per_call(byte_store, hops)
+
+
+async def _hop_once_per_call(byte_store, hops):
     _CountingExecutor.submitted = 0
     executor = _CountingExecutor(1)
     asyncio.get_running_loop().set_default_executor(executor)

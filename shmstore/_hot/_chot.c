@@ -1,0 +1,665 @@
+/* The hot functions, compiled: the twin of fallback.py, with the same signatures and
+ * results (see that module's docstring for the arguments, and shmstore/_layout.py for
+ * the layout and the consistency argument). tests/test_hot.py checks the constants
+ * below against _layout.py and holds the two implementations side by side.
+ *
+ * lookup() reads memory the manager is changing: every offset and length it takes from
+ * shared memory is checked against the mapping it points into before it is used, and
+ * a probe is bounded by the index's capacity, so a torn or hostile index can only
+ * make it answer TORN. Words are read with __atomic loads (a plain aligned mov on
+ * x86-64) so the compiler keeps the order the layout's argument needs.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <poll.h>
+#include <stdint.h>
+#include <string.h>
+
+/* The layout: must equal shmstore/_layout.py (tests/test_hot.py checks). */
+#define HEADER_WORDS 512
+#define STRIPES 16384
+#define SLOT_WORDS 4
+#define S_HASH_KLEN 0
+#define S_REF 1
+#define S_VLEN 2
+#define S_ORDER 3
+#define W_INDEX_GEN 2
+#define REF_EMPTY 0
+#define REF_DELETED 1
+#define OFFSET_BITS 40
+#define OFFSET_MASK ((UINT64_C(1) << OFFSET_BITS) - 1)
+
+#define TORN (-1)
+#define STALE (-2)
+
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+
+static uint32_t crc_table[256];
+
+static void crc_init(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+
+/* CRC-32 (IEEE 802.3), as zlib.crc32. */
+static uint32_t crc32_of(const unsigned char *p, Py_ssize_t n) {
+    uint32_t c = 0xFFFFFFFFu;
+    while (n--) c = crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* -- buffers ------------------------------------------------------------------- */
+
+typedef struct {
+    uint64_t *words;
+    Py_ssize_t n; /* words */
+    Py_buffer view;
+} Words;
+
+static int words_get(PyObject *obj, Words *w, int writable) {
+    if (PyObject_GetBuffer(obj, &w->view, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0)
+        return -1;
+    if (((uintptr_t)w->view.buf) % 8) {
+        PyBuffer_Release(&w->view);
+        PyErr_SetString(PyExc_ValueError, "a word segment must be 8-byte aligned");
+        return -1;
+    }
+    w->words = (uint64_t *)w->view.buf;
+    w->n = w->view.len / 8;
+    return 0;
+}
+
+/* The arena segments of one call, their buffers taken on first use. */
+#define LOCAL_ARENAS 16
+typedef struct {
+    PyObject *list;
+    Py_ssize_t n;
+    Py_buffer *views;
+    char *held;
+    int writable;
+    Py_buffer local_views[LOCAL_ARENAS];
+    char local_held[LOCAL_ARENAS];
+} Arenas;
+
+static int arenas_init(Arenas *a, PyObject *list, int writable) {
+    if (!PyList_Check(list)) {
+        PyErr_SetString(PyExc_TypeError, "arenas must be a list");
+        return -1;
+    }
+    a->list = list;
+    a->n = PyList_GET_SIZE(list);
+    a->writable = writable;
+    if (a->n <= LOCAL_ARENAS) {
+        a->views = a->local_views;
+        a->held = a->local_held;
+    } else {
+        a->views = PyMem_Malloc(sizeof(Py_buffer) * a->n);
+        a->held = PyMem_Malloc(a->n);
+        if (!a->views || !a->held) {
+            PyMem_Free(a->views);
+            PyMem_Free(a->held);
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    memset(a->held, 0, a->n);
+    return 0;
+}
+
+static void arenas_release(Arenas *a) {
+    for (Py_ssize_t i = 0; i < a->n; i++)
+        if (a->held[i]) PyBuffer_Release(&a->views[i]);
+    if (a->views != a->local_views) {
+        PyMem_Free(a->views);
+        PyMem_Free(a->held);
+    }
+}
+
+/* Arena segment ``id``'s bytes and size; 0 and *size 0 if it is not mapped (None or
+ * past the list). -1 with an exception set if its buffer cannot be had. */
+static int arena_at(Arenas *a, uint64_t id, unsigned char **base, Py_ssize_t *size) {
+    *base = NULL;
+    *size = 0;
+    if (id >= (uint64_t)a->n) return 0;
+    if (!a->held[id]) {
+        PyObject *obj = PyList_GET_ITEM(a->list, (Py_ssize_t)id);
+        if (obj == Py_None) return 0;
+        if (PyObject_GetBuffer(obj, &a->views[id], a->writable ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0)
+            return -1;
+        a->held[id] = 1;
+    }
+    *base = (unsigned char *)a->views[id].buf;
+    *size = a->views[id].len;
+    return 0;
+}
+
+static int bytes_of(PyObject *kb, const unsigned char **p, Py_ssize_t *n) {
+    if (!PyBytes_Check(kb)) {
+        PyErr_SetString(PyExc_TypeError, "keys must be bytes");
+        return -1;
+    }
+    *p = (const unsigned char *)PyBytes_AS_STRING(kb);
+    *n = PyBytes_GET_SIZE(kb);
+    return 0;
+}
+
+static int check_list(PyObject *obj, const char *what) {
+    if (!PyList_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "%s must be a list", what);
+        return -1;
+    }
+    return 0;
+}
+
+static int capacity_mask(Words *slots, uint64_t *mask) {
+    uint64_t cap = (uint64_t)slots->n / SLOT_WORDS;
+    if (cap == 0 || (cap & (cap - 1))) return -1;
+    *mask = cap - 1;
+    return 0;
+}
+
+/* -- the reader ------------------------------------------------------------------ */
+
+/* One key's search in an index being changed: sets *value (a new reference, or
+ * Py_None borrowed-as-new) and returns 0; or returns TORN, or a positive id of an
+ * arena not mapped, or -3 with an exception set. */
+static long read_one(Words *slots, uint64_t mask, Arenas *arenas, const unsigned char *kp,
+                     Py_ssize_t klen, uint32_t h, PyObject **value) {
+    uint64_t want = (uint64_t)h | ((uint64_t)klen << 32);
+    uint64_t i = h & mask;
+    for (uint64_t step = 0; step <= mask; step++, i = (i + 1) & mask) {
+        uint64_t *slot = slots->words + i * SLOT_WORDS;
+        uint64_t ref = LOAD(&slot[S_REF]); /* REF first: see _layout */
+        if (ref == REF_EMPTY) {
+            Py_INCREF(Py_None);
+            *value = Py_None;
+            return 0;
+        }
+        if (ref == REF_DELETED || LOAD(&slot[S_HASH_KLEN]) != want) continue;
+        uint64_t vlen = LOAD(&slot[S_VLEN]);
+        uint64_t id = ref >> OFFSET_BITS, off = ref & OFFSET_MASK;
+        unsigned char *base;
+        Py_ssize_t size;
+        if (arena_at(arenas, id, &base, &size) < 0) return -3;
+        if (base == NULL) return id ? (long)(id > LONG_MAX ? TORN : (long)id) : TORN;
+        if (off > (uint64_t)size || (uint64_t)klen > (uint64_t)size - off ||
+            vlen > (uint64_t)size - off - (uint64_t)klen)
+            return TORN;
+        if (memcmp(base + off, kp, klen) != 0) continue;
+        *value = PyBytes_FromStringAndSize((const char *)base + off + klen, (Py_ssize_t)vlen);
+        return *value ? 0 : -3;
+    }
+    return TORN; /* no empty slot: not an index the manager would leave */
+}
+
+static PyObject *lookup(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "lookup(ctl, slots, generation, arenas, keys)");
+        return NULL;
+    }
+    PyObject *keys = args[4];
+    uint64_t generation = PyLong_AsUnsignedLongLong(args[2]);
+    if (generation == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    if (check_list(keys, "keys") < 0) return NULL;
+    Words ctl, slots;
+    Arenas arenas;
+    if (words_get(args[0], &ctl, 0) < 0) return NULL;
+    if (ctl.n < HEADER_WORDS + STRIPES) {
+        PyBuffer_Release(&ctl.view);
+        PyErr_SetString(PyExc_ValueError, "ctl is too short");
+        return NULL;
+    }
+    if (words_get(args[1], &slots, 0) < 0) {
+        PyBuffer_Release(&ctl.view);
+        return NULL;
+    }
+    if (arenas_init(&arenas, args[3], 0) < 0) {
+        PyBuffer_Release(&ctl.view);
+        PyBuffer_Release(&slots.view);
+        return NULL;
+    }
+    PyObject *result = NULL, *out = NULL;
+    long code = 0;
+    uint64_t mask;
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    uint64_t local_versions[64];
+    uint32_t local_stripes[64];
+    uint64_t *versions = local_versions;
+    uint32_t *stripes = local_stripes;
+    uint64_t *stripe_words = ctl.words + HEADER_WORDS;
+
+    if (capacity_mask(&slots, &mask) < 0) {
+        code = TORN;
+        goto done;
+    }
+    if (n > 64) {
+        versions = PyMem_Malloc(sizeof(uint64_t) * n);
+        stripes = PyMem_Malloc(sizeof(uint32_t) * n);
+        if (!versions || !stripes) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    if (LOAD(&ctl.words[W_INDEX_GEN]) != generation) {
+        code = STALE;
+        goto done;
+    }
+    out = PyList_New(n);
+    if (!out) goto done;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        const unsigned char *kp;
+        Py_ssize_t klen;
+        if (bytes_of(PyList_GET_ITEM(keys, k), &kp, &klen) < 0) goto done;
+        uint32_t h = crc32_of(kp, klen);
+        uint32_t s = h & (STRIPES - 1);
+        uint64_t v = LOAD(&stripe_words[s]);
+        if (v & 1) {
+            code = TORN;
+            goto done;
+        }
+        stripes[k] = s;
+        versions[k] = v;
+        PyObject *value = NULL;
+        code = read_one(&slots, mask, &arenas, kp, klen, h, &value);
+        if (code == -3) goto done;
+        if (code) goto done;
+        PyList_SET_ITEM(out, k, value);
+    }
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    if (LOAD(&ctl.words[W_INDEX_GEN]) != generation) {
+        code = TORN;
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < n; k++)
+        if (LOAD(&stripe_words[stripes[k]]) != versions[k]) {
+            code = TORN;
+            goto done;
+        }
+    result = out;
+    out = NULL;
+done:
+    if (!result && !PyErr_Occurred()) result = PyLong_FromLong(code);
+    Py_XDECREF(out);
+    if (versions != local_versions) PyMem_Free(versions);
+    if (stripes != local_stripes) PyMem_Free(stripes);
+    arenas_release(&arenas);
+    PyBuffer_Release(&slots.view);
+    PyBuffer_Release(&ctl.view);
+    return result;
+}
+
+static PyObject *manager_alive(PyObject *self, PyObject *arg) {
+    int fd = PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred()) return NULL;
+    struct pollfd p = {fd, POLLIN, 0};
+    int r = poll(&p, 1, 0);
+    if (r < 0) return PyErr_SetFromErrno(PyExc_OSError);
+    return PyBool_FromLong(r == 0);
+}
+
+static PyObject *key_hash(PyObject *self, PyObject *arg) {
+    Py_buffer b;
+    if (PyObject_GetBuffer(arg, &b, PyBUF_SIMPLE) < 0) return NULL;
+    uint32_t h = crc32_of(b.buf, b.len);
+    PyBuffer_Release(&b);
+    return PyLong_FromUnsignedLong(h);
+}
+
+/* -- the writer (the manager only; it trusts the index it keeps) ------------------- */
+
+/* The slot holding the key, or -(slot to insert at) - 1. */
+static int64_t find_slot(Words *slots, uint64_t mask, Arenas *arenas, const unsigned char *kp,
+                         Py_ssize_t klen, uint32_t h, int *error) {
+    uint64_t want = (uint64_t)h | ((uint64_t)klen << 32);
+    uint64_t i = h & mask;
+    int64_t tomb = -1;
+    for (uint64_t step = 0; step <= mask; step++, i = (i + 1) & mask) {
+        uint64_t *slot = slots->words + i * SLOT_WORDS;
+        uint64_t ref = slot[S_REF];
+        if (ref == REF_EMPTY) return -(tomb < 0 ? (int64_t)i : tomb) - 1;
+        if (ref == REF_DELETED) {
+            if (tomb < 0) tomb = (int64_t)i;
+            continue;
+        }
+        if (slot[S_HASH_KLEN] != want) continue;
+        unsigned char *base;
+        Py_ssize_t size;
+        if (arena_at(arenas, ref >> OFFSET_BITS, &base, &size) < 0) {
+            *error = 1;
+            return 0;
+        }
+        uint64_t off = ref & OFFSET_MASK;
+        if (base && off + (uint64_t)klen <= (uint64_t)size && memcmp(base + off, kp, klen) == 0)
+            return (int64_t)i;
+    }
+    if (tomb >= 0) return -tomb - 1;
+    PyErr_SetString(PyExc_RuntimeError, "the index is full");
+    *error = 1;
+    return 0;
+}
+
+typedef struct {
+    Words slots;
+    Arenas arenas;
+    uint64_t mask;
+    int have_slots, have_arenas;
+} Writer;
+
+static int writer_open(Writer *w, PyObject *slots, PyObject *arenas, int writable) {
+    w->have_slots = w->have_arenas = 0;
+    if (words_get(slots, &w->slots, writable) < 0) return -1;
+    w->have_slots = 1;
+    if (capacity_mask(&w->slots, &w->mask) < 0) {
+        PyErr_SetString(PyExc_ValueError, "the index's capacity is not a power of two");
+        return -1;
+    }
+    if (arenas_init(&w->arenas, arenas, 0) < 0) return -1;
+    w->have_arenas = 1;
+    return 0;
+}
+
+static void writer_close(Writer *w) {
+    if (w->have_arenas) arenas_release(&w->arenas);
+    if (w->have_slots) PyBuffer_Release(&w->slots.view);
+}
+
+static PyObject *find(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "find(slots, arenas, keys)");
+        return NULL;
+    }
+    if (check_list(args[2], "keys") < 0) return NULL;
+    Writer w;
+    PyObject *out = NULL;
+    if (writer_open(&w, args[0], args[1], 0) < 0) goto done;
+    Py_ssize_t n = PyList_GET_SIZE(args[2]);
+    out = PyList_New(n);
+    if (!out) goto done;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        const unsigned char *kp;
+        Py_ssize_t klen;
+        int error = 0;
+        if (bytes_of(PyList_GET_ITEM(args[2], k), &kp, &klen) < 0) goto fail;
+        int64_t i = find_slot(&w.slots, w.mask, &w.arenas, kp, klen, crc32_of(kp, klen), &error);
+        if (error) goto fail;
+        PyObject *item = PyLong_FromLongLong(i >= 0 ? i : -1);
+        if (!item) goto fail;
+        PyList_SET_ITEM(out, k, item);
+    }
+    goto done;
+fail:
+    Py_CLEAR(out);
+done:
+    writer_close(&w);
+    return out;
+}
+
+static PyObject *stripes_bump(PyObject *const *args, Py_ssize_t nargs, uint64_t parity) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "expected (ctl, keys)");
+        return NULL;
+    }
+    if (check_list(args[1], "keys") < 0) return NULL;
+    Words ctl;
+    if (words_get(args[0], &ctl, 1) < 0) return NULL;
+    if (ctl.n < HEADER_WORDS + STRIPES) {
+        PyBuffer_Release(&ctl.view);
+        PyErr_SetString(PyExc_ValueError, "ctl is too short");
+        return NULL;
+    }
+    uint64_t *stripe_words = ctl.words + HEADER_WORDS;
+    Py_ssize_t n = PyList_GET_SIZE(args[1]);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        const unsigned char *kp;
+        Py_ssize_t klen;
+        if (bytes_of(PyList_GET_ITEM(args[1], k), &kp, &klen) < 0) {
+            PyBuffer_Release(&ctl.view);
+            return NULL;
+        }
+        uint64_t *s = &stripe_words[crc32_of(kp, klen) & (STRIPES - 1)];
+        if ((*s & 1) == parity) STORE(s, *s + 1);
+    }
+    /* The stripes are visible before anything the batch stores next (x86-64 keeps
+     * stores in order; this keeps the compiler from moving them). */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    PyBuffer_Release(&ctl.view);
+    Py_RETURN_NONE;
+}
+
+static PyObject *stripes_enter(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return stripes_bump(args, nargs, 0);
+}
+
+static PyObject *stripes_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    return stripes_bump(args, nargs, 1);
+}
+
+static int append_pair(PyObject *refs, PyObject *sizes, uint64_t ref, uint64_t size) {
+    PyObject *r = PyLong_FromUnsignedLongLong(ref), *s = PyLong_FromUnsignedLongLong(size);
+    int bad = !r || !s || PyList_Append(refs, r) < 0 || PyList_Append(sizes, s) < 0;
+    Py_XDECREF(r);
+    Py_XDECREF(s);
+    return bad ? -1 : 0;
+}
+
+static PyObject *index_set(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError, "index_set(slots, arenas, keys, refs, vlens, first_order)");
+        return NULL;
+    }
+    PyObject *keys = args[2], *refs = args[3], *vlens = args[4];
+    if (check_list(keys, "keys") < 0 || check_list(refs, "refs") < 0 || check_list(vlens, "vlens") < 0)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    if (PyList_GET_SIZE(refs) != n || PyList_GET_SIZE(vlens) != n) {
+        PyErr_SetString(PyExc_ValueError, "keys, refs and vlens differ in length");
+        return NULL;
+    }
+    uint64_t order = PyLong_AsUnsignedLongLong(args[5]);
+    if (order == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    Writer w;
+    PyObject *freed_refs = PyList_New(0), *freed_sizes = PyList_New(0), *result = NULL;
+    long inserted = 0, reused = 0;
+    if (!freed_refs || !freed_sizes || writer_open(&w, args[0], args[1], 1) < 0) goto done;
+    for (Py_ssize_t k = 0; k < n; k++, order++) {
+        const unsigned char *kp;
+        Py_ssize_t klen;
+        int error = 0;
+        if (bytes_of(PyList_GET_ITEM(keys, k), &kp, &klen) < 0) goto done;
+        uint64_t ref = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(refs, k));
+        uint64_t vlen = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(vlens, k));
+        if (PyErr_Occurred()) goto done;
+        uint32_t h = crc32_of(kp, klen);
+        int64_t i = find_slot(&w.slots, w.mask, &w.arenas, kp, klen, h, &error);
+        if (error) goto done;
+        if (i < 0) {
+            uint64_t *slot = w.slots.words + (uint64_t)(-i - 1) * SLOT_WORDS;
+            if (slot[S_REF] == REF_DELETED) reused++;
+            STORE(&slot[S_HASH_KLEN], (uint64_t)h | ((uint64_t)klen << 32));
+            STORE(&slot[S_VLEN], vlen);
+            STORE(&slot[S_ORDER], order);
+            STORE(&slot[S_REF], ref); /* REF last: see _layout */
+            inserted++;
+            continue;
+        }
+        uint64_t *slot = w.slots.words + (uint64_t)i * SLOT_WORDS;
+        if (append_pair(freed_refs, freed_sizes, slot[S_REF], (uint64_t)klen + slot[S_VLEN]) < 0)
+            goto done;
+        STORE(&slot[S_VLEN], vlen);
+        STORE(&slot[S_REF], ref);
+    }
+    result = Py_BuildValue("llOO", inserted, reused, freed_refs, freed_sizes);
+done:
+    writer_close(&w);
+    Py_XDECREF(freed_refs);
+    Py_XDECREF(freed_sizes);
+    return result;
+}
+
+static PyObject *index_delete(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "index_delete(slots, arenas, keys)");
+        return NULL;
+    }
+    if (check_list(args[2], "keys") < 0) return NULL;
+    Writer w;
+    PyObject *freed_refs = PyList_New(0), *freed_sizes = PyList_New(0), *result = NULL;
+    if (!freed_refs || !freed_sizes || writer_open(&w, args[0], args[1], 1) < 0) goto done;
+    Py_ssize_t n = PyList_GET_SIZE(args[2]);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        const unsigned char *kp;
+        Py_ssize_t klen;
+        int error = 0;
+        if (bytes_of(PyList_GET_ITEM(args[2], k), &kp, &klen) < 0) goto done;
+        int64_t i = find_slot(&w.slots, w.mask, &w.arenas, kp, klen, crc32_of(kp, klen), &error);
+        if (error) goto done;
+        if (i < 0) continue;
+        uint64_t *slot = w.slots.words + (uint64_t)i * SLOT_WORDS;
+        if (append_pair(freed_refs, freed_sizes, slot[S_REF], (uint64_t)klen + slot[S_VLEN]) < 0)
+            goto done;
+        STORE(&slot[S_REF], (uint64_t)REF_DELETED);
+    }
+    result = Py_BuildValue("OO", freed_refs, freed_sizes);
+done:
+    writer_close(&w);
+    Py_XDECREF(freed_refs);
+    Py_XDECREF(freed_sizes);
+    return result;
+}
+
+static PyObject *place(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "place(arenas, refs, keys, values)");
+        return NULL;
+    }
+    PyObject *refs = args[1], *keys = args[2], *values = args[3];
+    if (check_list(refs, "refs") < 0 || check_list(keys, "keys") < 0 ||
+        (!PyList_Check(values) && !PyTuple_Check(values))) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "values must be a list");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(refs);
+    if (PyList_GET_SIZE(keys) != n || PySequence_Fast_GET_SIZE(values) != n) {
+        PyErr_SetString(PyExc_ValueError, "refs, keys and values differ in length");
+        return NULL;
+    }
+    Arenas arenas;
+    if (arenas_init(&arenas, args[0], 1) < 0) return NULL;
+    PyObject *result = NULL;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        const unsigned char *kp;
+        Py_ssize_t klen;
+        if (bytes_of(PyList_GET_ITEM(keys, k), &kp, &klen) < 0) goto done;
+        uint64_t ref = PyLong_AsUnsignedLongLong(PyList_GET_ITEM(refs, k));
+        if (PyErr_Occurred()) goto done;
+        Py_buffer v;
+        if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(values, k), &v, PyBUF_SIMPLE) < 0) goto done;
+        unsigned char *base;
+        Py_ssize_t size;
+        uint64_t off = ref & OFFSET_MASK;
+        if (arena_at(&arenas, ref >> OFFSET_BITS, &base, &size) < 0) {
+            PyBuffer_Release(&v);
+            goto done;
+        }
+        if (!base || off + (uint64_t)klen + (uint64_t)v.len > (uint64_t)size) {
+            PyBuffer_Release(&v);
+            PyErr_Format(PyExc_ValueError, "entry at %llx overruns its arena segment",
+                         (unsigned long long)ref);
+            goto done;
+        }
+        memcpy(base + off, kp, klen);
+        memcpy(base + off + klen, v.buf, v.len);
+        PyBuffer_Release(&v);
+    }
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    arenas_release(&arenas);
+    return result;
+}
+
+static PyObject *rebuild(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "rebuild(old, new)");
+        return NULL;
+    }
+    Words old, new_;
+    uint64_t mask;
+    if (words_get(args[0], &old, 0) < 0) return NULL;
+    if (words_get(args[1], &new_, 1) < 0) {
+        PyBuffer_Release(&old.view);
+        return NULL;
+    }
+    long live = 0;
+    if (capacity_mask(&new_, &mask) < 0) {
+        PyErr_SetString(PyExc_ValueError, "the index's capacity is not a power of two");
+        live = -1;
+    } else {
+        Py_ssize_t slots = old.n / SLOT_WORDS;
+        /* The new index is empty and nobody reads it yet: no ordering needed. */
+        Py_BEGIN_ALLOW_THREADS
+        for (Py_ssize_t s = 0; s < slots; s++) {
+            uint64_t *from = old.words + s * SLOT_WORDS;
+            if (from[S_REF] <= REF_DELETED) continue;
+            uint64_t i = from[S_HASH_KLEN] & 0xFFFFFFFFu & mask;
+            while (new_.words[i * SLOT_WORDS + S_REF] != REF_EMPTY) i = (i + 1) & mask;
+            memcpy(new_.words + i * SLOT_WORDS, from, SLOT_WORDS * 8);
+            live++;
+        }
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&old.view);
+    PyBuffer_Release(&new_.view);
+    return live < 0 ? NULL : PyLong_FromLong(live);
+}
+
+static PyMethodDef methods[] = {
+    {"lookup", (PyCFunction)(void (*)(void))lookup, METH_FASTCALL,
+     "lookup(ctl, slots, generation, arenas, keys): see fallback.lookup"},
+    {"manager_alive", manager_alive, METH_O, "manager_alive(pidfd): see fallback"},
+    {"key_hash", key_hash, METH_O, "key_hash(key_bytes): CRC-32, as zlib.crc32"},
+    {"find", (PyCFunction)(void (*)(void))find, METH_FASTCALL, "see fallback.find"},
+    {"stripes_enter", (PyCFunction)(void (*)(void))stripes_enter, METH_FASTCALL,
+     "see fallback.stripes_enter"},
+    {"stripes_exit", (PyCFunction)(void (*)(void))stripes_exit, METH_FASTCALL,
+     "see fallback.stripes_exit"},
+    {"index_set", (PyCFunction)(void (*)(void))index_set, METH_FASTCALL, "see fallback.index_set"},
+    {"index_delete", (PyCFunction)(void (*)(void))index_delete, METH_FASTCALL,
+     "see fallback.index_delete"},
+    {"place", (PyCFunction)(void (*)(void))place, METH_FASTCALL, "see fallback.place"},
+    {"rebuild", (PyCFunction)(void (*)(void))rebuild, METH_FASTCALL, "see fallback.rebuild"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "shmstore._hot._chot",
+    .m_doc = "The hot functions of shmstore, compiled; the twin of shmstore._hot.fallback.",
+    .m_size = -1,
+    .m_methods = methods,
+};
+
+PyMODINIT_FUNC PyInit__chot(void) {
+    crc_init();
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    if (PyModule_AddIntConstant(m, "TORN", TORN) < 0 || PyModule_AddIntConstant(m, "STALE", STALE) < 0)
+        goto fail;
+    PyObject *layout = Py_BuildValue(
+        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "HEADER_WORDS", HEADER_WORDS, "STRIPES",
+        STRIPES, "SLOT_WORDS", SLOT_WORDS, "S_HASH_KLEN", S_HASH_KLEN, "S_REF", S_REF, "S_VLEN",
+        S_VLEN, "S_ORDER", S_ORDER, "W_INDEX_GEN", W_INDEX_GEN, "EMPTY", REF_EMPTY, "DELETED",
+        REF_DELETED, "OFFSET_BITS", OFFSET_BITS);
+    if (!layout || PyModule_AddObject(m, "LAYOUT", layout) < 0) {
+        Py_XDECREF(layout);
+        goto fail;
+    }
+    return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
+}

@@ -1,0 +1,292 @@
+"""The hot functions in pure Python: the twin of the compiled ``_chot`` module, with the
+same signatures and results (``tests/test_hot.py`` holds them side by side).
+
+They are the only code that probes the index or reads entries; the layout and the
+consistency argument are :mod:`shmstore._layout`'s. Arguments, for every function:
+
+* ``ctl``: the ``ctl`` segment as a ``memoryview`` cast to ``"Q"`` (header and stripes);
+* ``slots``: an index segment, the same way; its capacity is ``len(slots) // SLOT_WORDS``;
+* ``arenas``: a list whose item ``n`` is arena segment ``n``'s mapping (an ``mmap``) or
+  ``None`` if not mapped here;
+* ``keys``: a list of keys as UTF-8 ``bytes`` (``surrogatepass``).
+
+The writer's functions (everything but :func:`lookup`, :func:`key_hash` and
+:func:`manager_alive`) run in the manager only, one batch at a time, and trust what
+they read; :func:`lookup` runs in every proxy against memory the manager is changing,
+and checks everything it reads.
+"""
+
+from __future__ import annotations
+
+import select
+import zlib
+from itertools import count
+
+from .. import _layout as L
+
+__all__ = [
+    "STALE",
+    "TORN",
+    "find",
+    "index_delete",
+    "index_set",
+    "key_hash",
+    "lookup",
+    "manager_alive",
+    "place",
+    "rebuild",
+    "stripes_enter",
+    "stripes_exit",
+]
+
+#: :func:`lookup`'s result when a write overlapped the read (or what it read does not
+#: add up): read again.
+TORN = -1
+#: :func:`lookup`'s result when the store's index is not the generation given: map the
+#: new one and read again.
+STALE = -2
+
+key_hash = zlib.crc32
+
+_W = L.SLOT_WORDS
+_STRIPE0 = L.HEADER_WORDS
+_STRIPE_MASK = L.STRIPES - 1
+_GEN = L.W_INDEX_GEN
+
+
+def lookup(ctl, slots, generation, arenas, keys):  # type: ignore[no-untyped-def]
+    """Each key's value (``bytes``) or ``None``, as of one moment; or :data:`TORN`,
+    :data:`STALE`, or a positive arena segment id that ``arenas`` lacks (map it and
+    read again). Never raises on what it reads: every offset and length is checked."""
+    if ctl[_GEN] != generation:
+        return STALE
+    mask = len(slots) // _W - 1
+    crc32, stripe0, stripe_mask = zlib.crc32, _STRIPE0, _STRIPE_MASK
+    offset_bits, offset_mask = L.OFFSET_BITS, L.OFFSET_MASK
+    n_arenas = len(arenas)
+    out: list[bytes | None] = []
+    append = out.append
+    stripes: list[int] = []
+    versions: list[int] = []
+    for kb in keys:
+        h = crc32(kb)
+        stripe = stripe0 + (h & stripe_mask)
+        version = ctl[stripe]
+        if version & 1:
+            return TORN
+        stripes.append(stripe)
+        versions.append(version)
+        klen = len(kb)
+        want = h | klen << 32
+        i = h & mask
+        for _ in range(mask + 1):
+            base = i * _W
+            ref = slots[base + 1]  # REF first: see _layout
+            if ref == 0:
+                append(None)
+                break
+            if ref != 1 and slots[base] == want:
+                arena = ref >> offset_bits
+                buf = arenas[arena] if arena < n_arenas else None
+                if buf is None:
+                    return arena if arena else TORN
+                off = ref & offset_mask
+                end = off + klen + slots[base + 2]
+                if end > len(buf):
+                    return TORN
+                if buf[off : off + klen] == kb:
+                    append(buf[off + klen : end])
+                    break
+            i = (i + 1) & mask
+        else:
+            return TORN  # no empty slot: not an index the manager would leave
+    if ctl[_GEN] != generation or [ctl[s] for s in stripes] != versions:
+        return TORN
+    return out
+
+
+def manager_alive(pidfd: int) -> bool:
+    """Whether the process of ``pidfd`` still runs: one ``poll`` of it, without blocking
+    (a poll object per call: they refuse concurrent use by threads)."""
+    exited = select.poll()
+    exited.register(pidfd, select.POLLIN)
+    return not exited.poll(0)
+
+
+def find(slots, arenas, keys):  # type: ignore[no-untyped-def]
+    """The slot of each key, or -1 where it is not in the index."""
+    mask = len(slots) // _W - 1
+    out = []
+    for kb in keys:
+        i = _find(slots, mask, arenas, kb, zlib.crc32(kb))
+        out.append(i if i >= 0 else -1)
+    return out
+
+
+def _find(slots, mask, arenas, kb, h):  # type: ignore[no-untyped-def]
+    """The slot holding ``kb``, or ``-(slot to insert it at) - 1``."""
+    want = h | len(kb) << 32
+    i, tomb = h & mask, -1
+    klen = len(kb)
+    while True:
+        base = i * _W
+        ref = slots[base + 1]
+        if ref == L.EMPTY:
+            return -(i if tomb < 0 else tomb) - 1
+        if ref == L.DELETED:
+            if tomb < 0:
+                tomb = i
+        elif slots[base] == want:
+            off = ref & L.OFFSET_MASK
+            if arenas[ref >> L.OFFSET_BITS][off : off + klen] == kb:
+                return i
+        i = (i + 1) & mask
+
+
+def _bump(ctl, keys, parity):  # type: ignore[no-untyped-def]
+    stripe0, stripe_mask = _STRIPE0, _STRIPE_MASK
+    for h in map(zlib.crc32, keys):
+        s = stripe0 + (h & stripe_mask)
+        if ctl[s] & 1 == parity:
+            ctl[s] += 1
+
+
+def stripes_enter(ctl, keys):  # type: ignore[no-untyped-def]
+    """Make the stripe of every key odd (each once, however many keys share it)."""
+    _bump(ctl, keys, 0)
+
+
+def stripes_exit(ctl, keys):  # type: ignore[no-untyped-def]
+    """Make the stripe of every key even again."""
+    _bump(ctl, keys, 1)
+
+
+def index_set(slots, arenas, keys, refs, vlens, first_order):  # type: ignore[no-untyped-def]
+    """Point each key's slot at its entry, in order (the last of a repeated key wins);
+    a new key gets insertion number ``first_order + its position``, an overwritten one
+    keeps its own. Inside the write window (:func:`stripes_enter`); the index must have
+    room for every key.
+
+    :returns: ``(inserted, tombstones_reused, freed_refs, freed_sizes)``: the keys
+        added, how many of them took a deleted slot, and the entries overwritten (their
+        refs, and their key and value bytes).
+    """
+    mask = len(slots) // _W - 1
+    inserted = reused = 0
+    freed_refs: list[int] = []
+    freed_sizes: list[int] = []
+    crc32, empty, deleted = zlib.crc32, L.EMPTY, L.DELETED
+    offset_bits, offset_mask = L.OFFSET_BITS, L.OFFSET_MASK
+    if not len(keys) == len(refs) == len(vlens):
+        raise ValueError("keys, refs and vlens differ in length")
+    for kb, ref, n, order in zip(keys, refs, vlens, count(first_order)):
+        h = crc32(kb)
+        klen = len(kb)
+        want = h | klen << 32
+        # The first probe inline: under MAX_LOAD most keys settle there.
+        base = (h & mask) * _W
+        slot_ref = slots[base + 1]
+        if slot_ref == empty:
+            i = -(h & mask) - 1
+        elif slot_ref != deleted and slots[base] == want and (
+            arenas[slot_ref >> offset_bits][
+                (slot_ref & offset_mask) : (slot_ref & offset_mask) + klen
+            ]
+            == kb
+        ):
+            i = h & mask
+        else:
+            i = _find(slots, mask, arenas, kb, h)
+        if i < 0:
+            base = (-i - 1) * _W
+            if slots[base + 1] == deleted:
+                reused += 1
+            slots[base] = want
+            slots[base + 2] = n
+            slots[base + 3] = order
+            slots[base + 1] = ref  # REF last: see _layout
+            inserted += 1
+            continue
+        base = i * _W
+        freed_refs.append(slots[base + 1])
+        freed_sizes.append(klen + slots[base + 2])
+        slots[base + 2] = n
+        slots[base + 1] = ref
+    return inserted, reused, freed_refs, freed_sizes
+
+
+def index_delete(slots, arenas, keys):  # type: ignore[no-untyped-def]
+    """Mark each key's slot deleted; missing keys are ignored. Inside the write window.
+
+    :returns: ``(freed_refs, freed_sizes)`` of the entries removed.
+    """
+    mask = len(slots) // _W - 1
+    freed_refs: list[int] = []
+    freed_sizes: list[int] = []
+    for kb in keys:
+        i = _find(slots, mask, arenas, kb, zlib.crc32(kb))
+        if i < 0:
+            continue
+        base = i * _W
+        freed_refs.append(slots[base + 1])
+        freed_sizes.append(len(kb) + slots[base + 2])
+        slots[base + 1] = L.DELETED
+    return freed_refs, freed_sizes
+
+
+def place(arenas, refs, keys, values):  # type: ignore[no-untyped-def]
+    """Write each entry, its key then its value, at its ref. ``values`` are bytes-like.
+    Entries laid end to end in one arena segment (a batch of new small entries) are
+    joined and copied in one go: two copies at C speed cost less than two slice
+    assignments an entry in Python.
+
+    :raises ValueError: an entry would not fit in its segment (a bug in the caller).
+    """
+    if not refs:
+        return
+    first, last = refs[0], refs[-1]
+    arena = first >> L.OFFSET_BITS
+    lengths = [len(kb) + (v.nbytes if type(v) is memoryview else len(v)) for kb, v in
+               zip(keys, values, strict=True)]
+    start = first & L.OFFSET_MASK
+    span = (last & L.OFFSET_MASK) + lengths[-1] - start
+    if last >> L.OFFSET_BITS == arena and 0 <= span <= 1 << 20:
+        pads = [b - a - n for a, b, n in zip(refs, refs[1:], lengths, strict=False)]
+        if pads and min(pads) >= 0 and max(pads) < 4096:
+            parts = []
+            for kb, v, pad in zip(keys, values, [*pads, 0], strict=True):
+                parts.append(kb)
+                parts.append(v)
+                if pad:
+                    parts.append(bytes(pad))
+            buf = arenas[arena]
+            if start + span > len(buf):
+                raise ValueError(f"entries at {first:#x} overrun arena segment {arena}")
+            buf[start : start + span] = b"".join(parts)
+            return
+    for kb, v, ref, n in zip(keys, values, refs, lengths, strict=True):
+        buf, off = arenas[ref >> L.OFFSET_BITS], ref & L.OFFSET_MASK
+        if off + n > len(buf):
+            raise ValueError(f"entry at {ref:#x} overruns its arena segment")
+        klen = len(kb)
+        buf[off : off + klen] = kb
+        buf[off + klen : off + n] = v
+
+
+def rebuild(old, new):  # type: ignore[no-untyped-def]
+    """Copy the live slots of index ``old`` into the empty index ``new``; how many."""
+    mask = len(new) // _W - 1
+    # Strided copies find the live slots at C speed; only those are re-inserted.
+    refs = old[1::_W].tolist()
+    hashes = old[0::_W].tolist()
+    taken = bytearray(mask + 1)
+    live = 0
+    for slot, ref in enumerate(refs):
+        if ref > L.DELETED:
+            i = hashes[slot] & 0xFFFFFFFF & mask
+            while taken[i]:
+                i = (i + 1) & mask
+            taken[i] = 1
+            new[i * _W : i * _W + _W] = old[slot * _W : slot * _W + _W]
+            live += 1
+    return live

@@ -1,0 +1,78 @@
+"""The manager's hash index: its segment, its generation and its growth (layout:
+:mod:`shmstore._layout`). Probing, inserting and rebuilding are the hot functions'
+(:mod:`shmstore._hot`); this class decides when the index grows and switches readers to
+the new one."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from . import _layout as L
+from ._segment import Segment, unlink_segment
+
+__all__ = ["INITIAL_CAPACITY", "Index"]
+
+INITIAL_CAPACITY = 1024
+
+
+class Index:
+    """The index segments of one store, named under ``prefix``; ``header`` is the
+    store's ``ctl`` words, where the generation is published for readers."""
+
+    def __init__(self, prefix: str, header: memoryview, hot: ModuleType) -> None:
+        self._prefix = prefix
+        self._header = header
+        self._hot = hot
+        self._segment: Segment | None = None
+        #: The current index's words (``memoryview`` cast to ``"Q"``).
+        self.slots = memoryview(bytearray(8 * L.SLOT_WORDS)).cast("Q")
+        self.capacity = 0
+        self.used = 0  # slots not empty: live entries and tombstones
+        self.rebuild(INITIAL_CAPACITY)
+
+    @property
+    def generation(self) -> int:
+        return int(self._header[L.W_INDEX_GEN])
+
+    def make_room(self, live: int, new_keys: int) -> None:
+        """Rebuild the index larger if ``new_keys`` more slots would take it past
+        :data:`~shmstore._layout.MAX_LOAD`; ``live``: the keys in it now.
+
+        :raises StoreFullError: ``/dev/shm`` has no room for a larger index.
+        """
+        if self.used + new_keys <= L.MAX_LOAD * self.capacity:
+            return
+        capacity = max(INITIAL_CAPACITY, self.capacity)
+        # Doubling: with the rebuild compiled, the index's bytes per key matter more
+        # than the rebuilds (the memory target at 200,000 values: see README).
+        while live + new_keys > L.MAX_LOAD * capacity:
+            capacity *= 2
+        self.rebuild(capacity)
+
+    def rebuild(self, capacity: int) -> None:
+        """Copy the live slots into a new index of ``capacity`` slots (a power of two)
+        and switch readers to it. The old one is unlinked; readers that still map it
+        keep their mapping and see the generation change."""
+        generation = self.generation + 1
+        segment = Segment.create(L.index_name(self._prefix, generation), capacity * L.SLOT_WORDS * 8)
+        try:
+            segment.reserve(0, segment.size)
+            new = memoryview(segment.buf).cast("Q")
+            live = self._hot.rebuild(self.slots, new)
+        except BaseException:
+            segment.close()
+            unlink_segment(segment.name)
+            raise
+        self._header[L.W_INDEX_GEN] = generation
+        retired = self._segment
+        self._segment, self.slots, self.capacity, self.used = segment, new, capacity, live
+        if retired is not None:
+            retired.close()
+            unlink_segment(retired.name)
+
+    def close(self) -> None:
+        if self._segment is not None:
+            self.slots = memoryview(bytearray(8 * L.SLOT_WORDS)).cast("Q")
+            self._segment.close()
+            unlink_segment(self._segment.name)
+            self._segment = None

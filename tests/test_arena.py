@@ -1,0 +1,54 @@
+"""The arena allocator on its own: size classes, reuse of freed blocks by their class
+only, the bump pointer, and new segments when one is full."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from shmstore import _layout as L
+from shmstore._arena import Arena
+
+
+@pytest.fixture
+def arena():
+    arena = Arena(L.segment_prefix(os.environ["SHMSTORE_RUNTIME_DIR"], "arenatest"), 1 << 20)
+    yield arena
+    arena.close()
+
+
+def _offset(ref: int) -> int:
+    return ref & L.OFFSET_MASK
+
+
+def test_blocks_are_laid_end_to_end_in_their_size_class(arena):
+    sizes = arena.entry_sizes([1, 100, 1581, 8])
+    assert sizes == [8, 104, 1600, 8]
+    arena.make_room(sum(sizes))
+    refs = arena.allocate(sizes)
+    assert [_offset(r) for r in refs] == [0, 8, 112, 1712]
+    assert {r >> L.OFFSET_BITS for r in refs} == {1}
+    assert arena.bump == 1720
+
+
+def test_a_freed_block_is_reused_by_its_class_only(arena):
+    arena.make_room(4096)
+    first = arena.allocate(arena.entry_sizes([1581, 100]))
+    arena.release(first, [1590, 97])  # same classes as allocated: 1600 and 104
+    arena.make_room(4096)
+    again = arena.allocate(arena.entry_sizes([1600, 50, 104]))
+    assert again[0] == first[0] and again[2] == first[1]
+    assert _offset(again[1]) == 1704  # a class with nothing freed: the bump pointer
+
+
+def test_a_full_segment_is_followed_by_a_new_one(arena):
+    arena.make_room(900 << 10)
+    arena.allocate([900 << 10])
+    arena.make_room(300 << 10)
+    (ref,) = arena.allocate([300 << 10])
+    assert ref >> L.OFFSET_BITS == 2 and _offset(ref) == 0
+    assert len(arena.buffers) == 3 and arena.buffers[0] is None
+    arena.make_room(3 << 20)  # larger than a segment: a segment of its own size
+    (big,) = arena.allocate([3 << 20])
+    assert big >> L.OFFSET_BITS == 3 and len(arena.buffers[3]) >= 3 << 20
