@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import select
 import zlib
-from itertools import count
+from itertools import accumulate, count
 
 from .. import _layout as L
 
@@ -58,9 +58,11 @@ def lookup(ctl, slots, generation, arenas, keys):  # type: ignore[no-untyped-def
     """Each key's value (``bytes``) or ``None``, as of one moment; or :data:`TORN`,
     :data:`STALE`, or a positive arena segment id that ``arenas`` lacks (map it and
     read again). Never raises on what it reads: every offset and length is checked."""
+    mask = len(slots) // _W - 1
+    if mask < 0 or mask & (mask + 1):
+        return TORN  # not a power of two of slots: not an index the manager made
     if ctl[_GEN] != generation:
         return STALE
-    mask = len(slots) // _W - 1
     crc32, stripe0, stripe_mask = zlib.crc32, _STRIPE0, _STRIPE_MASK
     offset_bits, offset_mask = L.OFFSET_BITS, L.OFFSET_MASK
     n_arenas = len(arenas)
@@ -244,26 +246,30 @@ def place(arenas, refs, keys, values):  # type: ignore[no-untyped-def]
     """
     if not refs:
         return
-    first, last = refs[0], refs[-1]
-    arena = first >> L.OFFSET_BITS
-    lengths = [len(kb) + (v.nbytes if type(v) is memoryview else len(v)) for kb, v in
-               zip(keys, values, strict=True)]
-    start = first & L.OFFSET_MASK
-    span = (last & L.OFFSET_MASK) + lengths[-1] - start
-    if last >> L.OFFSET_BITS == arena and 0 <= span <= 1 << 20:
-        pads = [b - a - n for a, b, n in zip(refs, refs[1:], lengths, strict=False)]
-        if pads and min(pads) >= 0 and max(pads) < 4096:
-            parts = []
-            for kb, v, pad in zip(keys, values, [*pads, 0], strict=True):
-                parts.append(kb)
-                parts.append(v)
-                if pad:
-                    parts.append(bytes(pad))
-            buf = arenas[arena]
-            if start + span > len(buf):
-                raise ValueError(f"entries at {first:#x} overrun arena segment {arena}")
-            buf[start : start + span] = b"".join(parts)
-            return
+    lengths = [
+        len(kb) + (v.nbytes if type(v) is memoryview else len(v))
+        for kb, v in zip(keys, values, strict=True)
+    ]
+    first = refs[0]
+    arena, start = first >> L.OFFSET_BITS, first & L.OFFSET_MASK
+    blocks = [_SIZES.get(n) or _size(n) for n in lengths]
+    end = start + sum(blocks)
+    # Joined only if each entry's block ends where the next begins: a block between
+    # them would be overwritten by the padding.
+    if end - start <= 1 << 20 and refs == list(
+        accumulate(blocks[:-1], initial=first)  # type: ignore[call-overload]
+    ):
+        buf = arenas[arena]
+        if end > len(buf):
+            raise ValueError(f"entries at {first:#x} overrun arena segment {arena}")
+        parts = []
+        for kb, v, n, block in zip(keys, values, lengths, blocks, strict=True):
+            parts.append(kb)
+            parts.append(v)
+            if block != n:
+                parts.append(_pad(block - n))
+        buf[start:end] = b"".join(parts)
+        return
     for kb, v, ref, n in zip(keys, values, refs, lengths, strict=True):
         buf, off = arenas[ref >> L.OFFSET_BITS], ref & L.OFFSET_MASK
         if off + n > len(buf):
@@ -271,6 +277,26 @@ def place(arenas, refs, keys, values):  # type: ignore[no-untyped-def]
         klen = len(kb)
         buf[off : off + klen] = kb
         buf[off + klen : off + n] = v
+
+
+_SIZES: dict[int, int] = {}
+_PADS: dict[int, bytes] = {}
+
+
+def _size(n: int) -> int:
+    if len(_SIZES) > 4096:
+        _SIZES.clear()
+    size = _SIZES[n] = L.entry_bytes(n, 0)
+    return size
+
+
+def _pad(n: int) -> bytes:
+    pad = _PADS.get(n)
+    if pad is None:
+        pad = bytes(n)
+        if len(_PADS) < 4096:
+            _PADS[n] = pad
+    return pad
 
 
 def rebuild(old, new):  # type: ignore[no-untyped-def]

@@ -1,0 +1,177 @@
+"""The two implementations of the hot functions side by side: the layout constants the
+compiled one repeats, twin tables driven by both (identical index words and entries),
+stores written by one read by the other, and the readers' lookup fed hostile memory."""
+
+from __future__ import annotations
+
+import os
+import random
+import struct
+import zlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from shmstore import _hot
+from shmstore import _layout as L
+from shmstore._options import Options
+from shmstore._reader import DirectReader
+from shmstore._table import Table
+
+chot = _hot.load("c")
+needs_c = pytest.mark.skipif(chot is _hot.fallback, reason="the compiled core is not built")
+fallback = _hot.fallback
+
+AWKWARD = ["", ":", "*", "[", "a b", "é", "\ud800", "k" * 10_000, "x\x00y", "f*", "fo"]
+
+
+@needs_c
+def test_the_compiled_layout_is_the_layout_module():
+    for name, value in chot.LAYOUT.items():
+        expected = getattr(L, name, None)
+        if expected is None:
+            expected = getattr(L, f"W_{name}", None)
+        assert value == expected, name
+    assert (chot.TORN, chot.STALE) == (fallback.TORN, fallback.STALE)
+
+
+@pytest.mark.parametrize("key", [b"", b"a", os.urandom(45), "é\ud800".encode("utf-8", "surrogatepass")])
+def test_key_hash_is_zlib_crc32_in_both(key):
+    assert chot.key_hash(key) == fallback.key_hash(key) == zlib.crc32(key)
+
+
+def _prefix(name: str) -> str:
+    return L.segment_prefix(os.environ["SHMSTORE_RUNTIME_DIR"], name)
+
+
+def _live_entries(table: Table) -> list[tuple[int, bytes]]:
+    """(slot, entry bytes) of every live slot."""
+    slots, out = table.index.slots, []
+    for i in range(table.index.capacity):
+        base = i * L.SLOT_WORDS
+        ref = slots[base + L.S_REF]
+        if ref > L.DELETED:
+            klen, vlen = slots[base + L.S_HASH_KLEN] >> 32, slots[base + L.S_VLEN]
+            off = ref & L.OFFSET_MASK
+            out.append((i, table.arena.buffers[ref >> L.OFFSET_BITS][off : off + klen + vlen]))
+    return out
+
+
+@needs_c
+@pytest.mark.parametrize("seed", range(4))
+def test_twin_tables_hold_identical_index_and_entries(seed):
+    rng = random.Random(seed)
+    universe = AWKWARD + [f"key:{i}" for i in range(3000)]
+    twins = [
+        Table(_prefix(f"twin{impl}"), options=Options(True, 1 << 18, impl), arena_bytes=1 << 20)
+        for impl in ("c", "python")
+    ]
+    try:
+        for _ in range(150):
+            if rng.random() < 0.75:
+                keys = [rng.choice(universe) for _ in range(rng.randint(0, 80))]
+                values = [os.urandom(rng.choice((0, 3, 64, 1536, 9000))) for _ in keys]
+                for table in twins:
+                    table.set_many(keys, values)
+            else:
+                keys = rng.sample(universe, rng.randint(0, 80))
+                for table in twins:
+                    table.delete_many(keys)
+        c, py = twins
+        assert c.index.capacity == py.index.capacity > 1024
+        assert c.index.slots.tobytes() == py.index.slots.tobytes()
+        assert _live_entries(c) == _live_entries(py)
+        # Headers and stripes alike, but for the word naming the implementation.
+        header_c, header_py = c._header.tolist(), py._header.tolist()
+        header_c[L.W_IMPLEMENTATION] = header_py[L.W_IMPLEMENTATION] = 0
+        assert header_c == header_py
+        assert c.keys(None) == py.keys(None)
+        assert c.get_many(universe) == py.get_many(universe)
+    finally:
+        for table in twins:
+            table.close()
+
+
+@needs_c
+@pytest.mark.parametrize("writer", ["c", "python"])
+def test_a_store_written_by_one_implementation_reads_the_same_in_the_other(monkeypatch, writer):
+    import shmstore
+
+    if writer == "python":
+        monkeypatch.setenv("SHMSTORE_PUREPYTHON", "1")
+        monkeypatch.setattr(_hot, "IMPLEMENTATION", "python")
+    rng = random.Random(7)
+    with shmstore.SharedByteStore() as store:
+        model = {}
+        for _ in range(40):
+            pairs = [(rng.choice(AWKWARD + [f"k{i}" for i in range(2000)]), os.urandom(rng.randint(0, 3000)))
+                     for _ in range(64)]
+            store.mset(pairs)
+            model.update(pairs)
+        store.mdelete(list(model)[::5])
+        for key in list(model)[::5]:
+            del model[key]
+        asked = [*model, "missing", *AWKWARD]
+        expected = [model.get(k) for k in asked]
+        encoded = [k.encode("utf-8", "surrogatepass") for k in asked]
+        for implementation in ("c", "python"):
+            reader = DirectReader(store._paths.segment_prefix, implementation)
+            try:
+                assert reader.get_many(encoded) == expected, implementation
+            finally:
+                reader.close()
+        assert store.mget(asked) == expected
+
+
+# -- the readers' lookup against hostile memory ------------------------------------------
+
+_KEYS = [b"", b"a", b"key", b"k" * 40]
+
+
+@st.composite
+def _memory(draw):
+    """A ctl, an index and arenas of random or plausible words, and keys to look up."""
+    capacity = draw(st.sampled_from([1, 2, 4, 8, 16, 3, 0]))
+    arena_sizes = draw(st.lists(st.integers(0, 256), max_size=3))
+    arenas = [None] + [draw(st.binary(min_size=n, max_size=n)) for n in arena_sizes]
+    if arenas[1:] and draw(st.booleans()):
+        arenas[1] = None  # a segment not mapped here
+    words = []
+    for _ in range(capacity * L.SLOT_WORDS):
+        words.append(draw(st.integers(0, 2**64 - 1)))
+    for i in range(capacity):
+        if draw(st.booleans()):  # a slot that names one of the keys
+            kb = draw(st.sampled_from(_KEYS))
+            arena = draw(st.integers(0, len(arenas)))
+            off = draw(st.integers(0, 300))
+            ref = draw(st.sampled_from([0, 1, arena << L.OFFSET_BITS | off]))
+            vlen = draw(st.sampled_from([0, 1, 10, 255, 2**40, 2**64 - 1]))
+            words[i * 4 : i * 4 + 4] = [zlib.crc32(kb) | len(kb) << 32, ref, vlen, 0]
+    ctl = [0] * (L.CTL_BYTES // 8)
+    ctl[L.W_INDEX_GEN] = draw(st.sampled_from([5, 6]))
+    for kb in _KEYS:
+        ctl[L.HEADER_WORDS + (zlib.crc32(kb) & (L.STRIPES - 1))] = draw(st.sampled_from([0, 2, 3]))
+    keys = draw(st.lists(st.sampled_from([*_KEYS, b"other"]), max_size=6))
+    return ctl, words, arenas, keys
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_memory())
+def test_lookup_of_hostile_memory_answers_retry_or_what_is_there(memory):
+    ctl_words, slot_words, arenas, keys = memory
+    ctl = memoryview(bytearray(struct.pack(f"{len(ctl_words)}Q", *ctl_words))).cast("Q")
+    slots = memoryview(bytearray(struct.pack(f"{len(slot_words)}Q", *slot_words))).cast("Q")
+    results = []
+    for hot in {chot, fallback}:
+        found = hot.lookup(ctl, slots, 5, arenas, keys)
+        if isinstance(found, list):
+            assert len(found) == len(keys)
+            for value in found:
+                assert value is None or any(
+                    a is not None and value in a for a in arenas
+                ), "a value that is not in any arena"
+        else:
+            assert found in (hot.TORN, hot.STALE) or found > 0  # an arena to map
+        results.append(found)
+    assert all(r == results[0] for r in results), "the implementations disagree"
