@@ -66,7 +66,9 @@ class Options(_Fields):
         if stage_bytes < 0:
             raise ValueError(f"SHMSTORE_STAGE_BYTES must be a non-negative integer, got {raw!r}")
         direct = os.environ.get("SHMSTORE_DIRECT_READS", "1").lower() not in _FALSE
-        return cls(direct and DIRECT_READS_POSSIBLE, stage_bytes, _hot.IMPLEMENTATION)
+        pure = os.environ.get("SHMSTORE_PUREPYTHON", "").lower() in {"1", "true", "yes", "on"}
+        implementation = "python" if pure else _hot.IMPLEMENTATION
+        return cls(direct and DIRECT_READS_POSSIBLE, stage_bytes, implementation)
 
     def publish(self, header: memoryview) -> None:
         """Write these options into a store's header words."""

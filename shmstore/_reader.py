@@ -85,18 +85,19 @@ class DirectReader:
         )
         self.reads = self.retried = self.fell_back = 0
 
-    def get_many(self, encoded_keys: list[bytes]) -> list[bytes | None] | None:
-        """The values of the keys (UTF-8 with surrogatepass), as of one moment; ``None``
+    def get_many(self, keys: list[str] | list[bytes]) -> list[bytes | None] | None:
+        """The values of the keys (``str``, or their UTF-8 with surrogatepass), as of
+        one moment; ``None``
         if the manager must answer: it has exited (its memory is never served then),
         this reader is closed, or no consistent read was had in :data:`GIVE_UP_S`."""
         state, pidfd, hot = self._state, self._pidfd, self._hot
         if state is None or pidfd is None or not hot.manager_alive(pidfd.fd):
             return None
         self.reads += 1
-        found = hot.lookup(state[0], state[1], state[2], self._arenas, encoded_keys)
+        found = hot.lookup(state[0], state[1], state[2], self._arenas, keys)
         if type(found) is list:
             return found  # type: ignore[no-any-return]
-        return self._read_again(encoded_keys, found)
+        return self._read_again(keys, found)
 
     @property
     def manager_alive(self) -> bool:
@@ -104,7 +105,7 @@ class DirectReader:
         pidfd = self._pidfd
         return pidfd is not None and bool(self._hot.manager_alive(pidfd.fd))
 
-    def _read_again(self, keys: list[bytes], found: object) -> list[bytes | None] | None:
+    def _read_again(self, keys: list[str] | list[bytes], found: object) -> list[bytes | None] | None:
         hot = self._hot
         torn = 0
         deadline = 0.0

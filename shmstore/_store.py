@@ -56,11 +56,16 @@ def _check_key(key: Any, position: int) -> str:
     return key
 
 
+_STR = frozenset({str})
+
+
 def _key_list(keys: Iterable[Any]) -> list[str]:
-    key_list = list(keys)
+    key_list = keys if type(keys) is list else list(keys)
     # One pass over the types on the hot path; the per-item scan, which names the
     # offending position, runs only when something is not a plain str.
-    if not set(map(type, key_list)) <= {str}:
+    if not (
+        type(key_list[0]) is str if len(key_list) == 1 else set(map(type, key_list)) <= _STR
+    ):
         for i, key in enumerate(key_list):
             _check_key(key, i)
     return key_list
@@ -270,7 +275,7 @@ class _SharedStoreBase(BaseStore[str, V]):
             reader = self._open_reader()
             if reader is None:
                 return None
-        values = reader.get_many([key.encode("utf-8", "surrogatepass") for key in keys])
+        values = reader.get_many(keys)
         if values is None and not reader.manager_alive:
             # Never serve a dead store's memory. The request the caller falls back to
             # raises, or, if the store was restarted under the same name, reaches the

@@ -387,6 +387,20 @@ def stress_reader(
     results.put((reads, violations[:5], len(violations), len(versions)))
 
 
+def noise_writer(store, done) -> None:
+    """Overwrite and delete keys of its own, without pause, until ``done``: the readers
+    of other keys must not notice."""
+    rng = random.Random(2)
+    n = 0
+    while not done.is_set():
+        keys = [f"noise:{rng.randrange(2000)}" for _ in range(64)]
+        if n % 4 == 3:
+            store.mdelete(keys)
+        else:
+            store.mset([(k, os.urandom(rng.randrange(16, 2048))) for k in keys])
+        n += 1
+
+
 # -- fault injection: victims report progress, the test kills them at a chosen step ----
 # (``progress`` comes last: tests/test_faults.py appends it)
 
@@ -542,3 +556,40 @@ def soak(store, worker: int, workers: int, seconds: float, results) -> None:
             if listed != live:
                 violations.append(f"listing: {sorted(listed ^ live)[:3]} differ")
     results.put((expected, operations, violations[:5], len(violations)))
+
+
+# -- one proxy shared by many threads ---------------------------------------------------
+
+
+def read_from_threads(store, keys: list[str], threads: int, ready, results) -> None:
+    """Read ``keys`` (each holding its own name, encoded) from ``threads`` threads of
+    this process through one proxy, until each call raises; report, per exception
+    type, how many threads ended with it, and how many reads were wrong or missed a key
+    written before the threads began."""
+    import collections
+    import threading
+
+    ended: collections.Counter[str] = collections.Counter()
+    wrong = [0]
+    expected = [k.encode() for k in keys]
+    started = threading.Barrier(threads + 1)
+
+    def run(offset: int) -> None:
+        batch = keys[offset::threads][:64]
+        want = expected[offset::threads][:64]
+        started.wait()
+        try:
+            while True:
+                if store.mget(batch) != want:
+                    wrong[0] += 1
+        except Exception as exc:
+            ended[type(exc).__name__] += 1
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for worker in workers:
+        worker.start()
+    started.wait()
+    ready.set()
+    for worker in workers:
+        worker.join()
+    results.put((dict(ended), wrong[0]))

@@ -133,11 +133,16 @@ def byte_store():
 
 
 @pytest.fixture(params=["c", "python"])
-def implementation(request):
-    """Each implementation of the hot functions, by name; the compiled one is skipped
-    where it was not built (and is an error under SHMSTORE_REQUIRE_NATIVE=1)."""
+def implementation(request, monkeypatch):
+    """Each implementation of the hot functions, by name, also set for the stores the
+    test creates (SHMSTORE_PUREPYTHON, which they carry to every process of theirs);
+    the compiled one is skipped where it was not built."""
     from shmstore import _hot
 
-    if request.param == "c" and _hot.load("c") is _hot.fallback:
-        pytest.skip("the compiled core is not built here")
+    if request.param == "c":
+        if _hot.load("c") is _hot.fallback:
+            pytest.skip("the compiled core is not built here")
+        monkeypatch.delenv("SHMSTORE_PUREPYTHON", raising=False)
+    else:
+        monkeypatch.setenv("SHMSTORE_PUREPYTHON", "1")
     return request.param

@@ -100,7 +100,8 @@ def test_a_store_written_by_one_implementation_reads_the_same_in_the_other(monke
 
     if writer == "python":
         monkeypatch.setenv("SHMSTORE_PUREPYTHON", "1")
-        monkeypatch.setattr(_hot, "IMPLEMENTATION", "python")
+    else:
+        monkeypatch.delenv("SHMSTORE_PUREPYTHON", raising=False)
     rng = random.Random(7)
     with shmstore.SharedByteStore() as store:
         model = {}
@@ -112,12 +113,15 @@ def test_a_store_written_by_one_implementation_reads_the_same_in_the_other(monke
         store.mdelete(list(model)[::5])
         for key in list(model)[::5]:
             del model[key]
+        assert store._store_config()[1].implementation == writer
         asked = [*model, "missing", *AWKWARD]
         expected = [model.get(k) for k in asked]
         encoded = [k.encode("utf-8", "surrogatepass") for k in asked]
         for implementation in ("c", "python"):
             reader = DirectReader(store._paths.segment_prefix, implementation)
             try:
+                # What the manager published: the owner's choice reached it.
+                assert reader.options.implementation == writer
                 assert reader.get_many(encoded) == expected, implementation
             finally:
                 reader.close()

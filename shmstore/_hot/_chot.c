@@ -147,6 +147,26 @@ static int bytes_of(PyObject *kb, const unsigned char **p, Py_ssize_t *n) {
     return 0;
 }
 
+/* A key given as str (read as its UTF-8, surrogates passed through, as
+ * str.encode("utf-8", "surrogatepass")) or as bytes. A str's UTF-8 is cached in the
+ * object, so a key asked for again costs no encoding; a str with lone surrogates has
+ * none, and is encoded into a new bytes object put in *keep (released by the caller). */
+static int key_of(PyObject *key, const unsigned char **p, Py_ssize_t *n, PyObject **keep) {
+    if (PyUnicode_Check(key)) {
+        const char *utf8 = PyUnicode_AsUTF8AndSize(key, n);
+        if (utf8) {
+            *p = (const unsigned char *)utf8;
+            return 0;
+        }
+        PyErr_Clear();
+        PyObject *encoded = PyUnicode_AsEncodedString(key, "utf-8", "surrogatepass");
+        if (!encoded) return -1;
+        Py_XSETREF(*keep, encoded);
+        key = encoded;
+    }
+    return bytes_of(key, p, n);
+}
+
 static int check_list(PyObject *obj, const char *what) {
     if (!PyList_Check(obj)) {
         PyErr_Format(PyExc_TypeError, "%s must be a list", what);
@@ -222,7 +242,7 @@ static PyObject *lookup(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyBuffer_Release(&slots.view);
         return NULL;
     }
-    PyObject *result = NULL, *out = NULL;
+    PyObject *result = NULL, *out = NULL, *keep = NULL;
     long code = 0;
     uint64_t mask;
     Py_ssize_t n = PyList_GET_SIZE(keys);
@@ -253,7 +273,7 @@ static PyObject *lookup(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     for (Py_ssize_t k = 0; k < n; k++) {
         const unsigned char *kp;
         Py_ssize_t klen;
-        if (bytes_of(PyList_GET_ITEM(keys, k), &kp, &klen) < 0) goto done;
+        if (key_of(PyList_GET_ITEM(keys, k), &kp, &klen, &keep) < 0) goto done;
         uint32_t h = crc32_of(kp, klen);
         uint32_t s = h & (STRIPES - 1);
         uint64_t v = LOAD(&stripe_words[s]);
@@ -284,6 +304,7 @@ static PyObject *lookup(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 done:
     if (!result && !PyErr_Occurred()) result = PyLong_FromLong(code);
     Py_XDECREF(out);
+    Py_XDECREF(keep);
     if (versions != local_versions) PyMem_Free(versions);
     if (stripes != local_stripes) PyMem_Free(stripes);
     arenas_release(&arenas);

@@ -8,7 +8,8 @@ consistency argument are :mod:`shmstore._layout`'s. Arguments, for every functio
 * ``slots``: an index segment, the same way; its capacity is ``len(slots) // SLOT_WORDS``;
 * ``arenas``: a list whose item ``n`` is arena segment ``n``'s mapping (an ``mmap``) or
   ``None`` if not mapped here;
-* ``keys``: a list of keys as UTF-8 ``bytes`` (``surrogatepass``).
+* ``keys``: a list of keys as UTF-8 ``bytes`` (``surrogatepass``); :func:`lookup` also
+  takes them as ``str``, encoded so.
 
 The writer's functions (everything but :func:`lookup`, :func:`key_hash` and
 :func:`manager_alive`) run in the manager only, one batch at a time, and trust what
@@ -71,6 +72,8 @@ def lookup(ctl, slots, generation, arenas, keys):  # type: ignore[no-untyped-def
     stripes: list[int] = []
     versions: list[int] = []
     for kb in keys:
+        if type(kb) is str:
+            kb = kb.encode("utf-8", "surrogatepass")
         h = crc32(kb)
         stripe = stripe0 + (h & stripe_mask)
         version = ctl[stripe]
