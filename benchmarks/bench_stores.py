@@ -7,8 +7,10 @@ batches of 64 at once. The mixed load a cache sees (issue 9): 4 processes over 4
 keys, batches of 64 of random keys, 1 batch in 5 (and 1 in 2) an overwrite, the rest
 reads; 4 processes only overwriting, beside 1 doing the same; and the memory held at
 200,000 values. For shmstore the proxies also count their direct reads that read again
-because a write overlapped their keys, and those given up to the manager. Every figure is measured in worker processes (spawned), never in
-the process that started the store, and is the median of ``--repeat`` rounds (default
+because a write overlapped their keys, and those given up to the manager.
+
+Every figure is measured in worker processes (spawned), never in the process that
+started the store, and is the median of ``--repeat`` rounds (default
 5), each on a freshly started store, the peers taking turns within each round. Ratios
 are shmstore's figure over the peer's, so above 1 means shmstore is faster, for latency
 too.
@@ -263,9 +265,7 @@ def main(argv: list[str] | None = None) -> None:
             continue
         cells = []
         for m in metrics:
-            if m not in figures:
-                cells.append("—")
-            elif m.endswith("%"):
+            if m not in figures or m.endswith("%"):
                 cells.append("—")
             elif m.endswith("µs") or m.startswith("memory"):
                 cells.append(f"{figures[m] / ours[m]:.2f}")

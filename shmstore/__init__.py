@@ -29,7 +29,6 @@ from ._errors import (
     StoreTooLargeError,
     ValueTooLargeError,
 )
-
 from ._hot import IMPLEMENTATION
 
 # The manager process imports this package: typing, like the store classes, is kept out

@@ -54,7 +54,8 @@ class Index:
         and switch readers to it. The old one is unlinked; readers that still map it
         keep their mapping and see the generation change."""
         generation = self.generation + 1
-        segment = Segment.create(L.index_name(self._prefix, generation), capacity * L.SLOT_WORDS * 8)
+        name = L.index_name(self._prefix, generation)
+        segment = Segment.create(name, capacity * L.SLOT_WORDS * 8)
         try:
             segment.reserve(0, segment.size)
             new = memoryview(segment.buf).cast("Q")

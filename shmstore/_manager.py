@@ -9,14 +9,15 @@ writes its configuration as one msgpack map to its stdin, and waits for the line
   peer that never answers holds up only its own thread), then loops: read one request,
   apply it to the table under the table lock, send the reply. An ``mset`` is
   acknowledged as soon as the manager needs nothing more from its client, inside the
-  write window (its keys' stripes odd), and finished while the client prepares its next request
-  (see :meth:`Table.set_many <shmstore._table.Table.set_many>`); that early reply is
-  sent only if it cannot block, since the table lock is held. A thread woken straight
-  out of ``read`` answers about 10 us sooner than an epoll loop on these machines, and
-  a client that stalls mid-frame stalls nobody else. Decoding and encoding happen
-  outside the lock; only the table operation is inside it, and the table publishes
-  each write batch under its keys' stripe versions, so every batch is atomic to every other process
-  without any lock a client could hold. When a process's last connection ends, the
+  write window (its keys' stripes odd), and finished while the client prepares its
+  next request (see :meth:`Table.set_many <shmstore._table.Table.set_many>`); that
+  early reply is sent only if it cannot block, since the table lock is held. A thread
+  woken straight out of ``read`` answers about 10 us sooner than an epoll loop on
+  these machines, and a client that stalls mid-frame stalls nobody else. Decoding and
+  encoding happen outside the lock; only the table operation is inside it, and the
+  table publishes each write batch under its keys' stripe versions, so every batch is
+  atomic to every other process without any lock a client could hold. When a
+  process's last connection ends, the
   staging segments it left are unlinked.
 * **a reserver thread** keeps arena pages reserved ahead of need (:class:`_Reserver`),
   in system calls that release the GIL, beside the connection threads.
@@ -348,9 +349,10 @@ class Manager:
 
 class _Reserver:
     """A thread that keeps arena pages reserved ahead of the table's need (see
-    :meth:`Arena.reservation_wanted <shmstore._arena.Arena.reservation_wanted>`). Its system calls release the GIL, so on a
-    machine with a core to spare it reserves while the connection threads serve
-    requests; the table lock is held only to read and record the plan."""
+    :meth:`Arena.reservation_wanted <shmstore._arena.Arena.reservation_wanted>`). Its
+    system calls release the GIL, so on a machine with a core to spare it reserves
+    while the connection threads serve requests; the table lock is held only to read
+    and record the plan."""
 
     def __init__(self, table: Table, table_lock: threading.Lock) -> None:
         self._table = table

@@ -70,7 +70,11 @@ class DirectReader:
     def __init__(self, prefix: str, implementation: str | None = None) -> None:
         self._prefix = prefix
         ctl = memoryview(Segment.open(L.ctl_name(prefix)).buf).cast("Q")
-        if len(ctl) * 8 != L.CTL_BYTES or ctl[L.W_MAGIC] != L.MAGIC or ctl[L.W_VERSION] != L.VERSION:
+        if (
+            len(ctl) * 8 != L.CTL_BYTES
+            or ctl[L.W_MAGIC] != L.MAGIC
+            or ctl[L.W_VERSION] != L.VERSION
+        ):
             raise ValueError(f"segment {L.ctl_name(prefix)!r} is not a version {L.VERSION} store")
         self.options = Options.read(ctl)
         self.limits = _limits_in(ctl)
@@ -96,7 +100,7 @@ class DirectReader:
         self.reads += 1
         found = hot.lookup(state[0], state[1], state[2], self._arenas, keys)
         if type(found) is list:
-            return found  # type: ignore[no-any-return]
+            return found
         return self._read_again(keys, found)
 
     @property
@@ -105,7 +109,9 @@ class DirectReader:
         pidfd = self._pidfd
         return pidfd is not None and bool(self._hot.manager_alive(pidfd.fd))
 
-    def _read_again(self, keys: list[str] | list[bytes], found: object) -> list[bytes | None] | None:
+    def _read_again(
+        self, keys: list[str] | list[bytes], found: object
+    ) -> list[bytes | None] | None:
         hot = self._hot
         torn = 0
         deadline = 0.0
@@ -131,7 +137,7 @@ class DirectReader:
                 return None
             found = hot.lookup(state[0], state[1], state[2], self._arenas, keys)
             if type(found) is list:
-                return found  # type: ignore[no-any-return]
+                return found
 
     def _map(self, what: int) -> None:
         """Map the current index (``what`` is ``STALE``) or arena segment ``what``."""

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import select
 import zlib
+from collections.abc import Sequence
 from itertools import accumulate, count
+from typing import Any
 
 from .. import _layout as L
 
@@ -55,7 +57,9 @@ _STRIPE_MASK = L.STRIPES - 1
 _GEN = L.W_INDEX_GEN
 
 
-def lookup(ctl, slots, generation, arenas, keys):  # type: ignore[no-untyped-def]
+def lookup(
+    ctl: memoryview, slots: memoryview, generation: int, arenas: list[Any], keys: list[Any]
+) -> list[bytes | None] | int:
     """Each key's value (``bytes``) or ``None``, as of one moment; or :data:`TORN`,
     :data:`STALE`, or a positive arena segment id that ``arenas`` lacks (map it and
     read again). Never raises on what it reads: every offset and length is checked."""
@@ -118,7 +122,7 @@ def manager_alive(pidfd: int) -> bool:
     return not exited.poll(0)
 
 
-def find(slots, arenas, keys):  # type: ignore[no-untyped-def]
+def find(slots: memoryview, arenas: list[Any], keys: list[bytes]) -> list[int]:
     """The slot of each key, or -1 where it is not in the index."""
     mask = len(slots) // _W - 1
     out = []
@@ -128,7 +132,7 @@ def find(slots, arenas, keys):  # type: ignore[no-untyped-def]
     return out
 
 
-def _find(slots, mask, arenas, kb, h):  # type: ignore[no-untyped-def]
+def _find(slots: memoryview, mask: int, arenas: list[Any], kb: bytes, h: int) -> int:
     """The slot holding ``kb``, or ``-(slot to insert it at) - 1``."""
     want = h | len(kb) << 32
     i, tomb = h & mask, -1
@@ -148,7 +152,7 @@ def _find(slots, mask, arenas, kb, h):  # type: ignore[no-untyped-def]
         i = (i + 1) & mask
 
 
-def _bump(ctl, keys, parity):  # type: ignore[no-untyped-def]
+def _bump(ctl: memoryview, keys: list[bytes], parity: int) -> None:
     stripe0, stripe_mask = _STRIPE0, _STRIPE_MASK
     for h in map(zlib.crc32, keys):
         s = stripe0 + (h & stripe_mask)
@@ -156,17 +160,24 @@ def _bump(ctl, keys, parity):  # type: ignore[no-untyped-def]
             ctl[s] += 1
 
 
-def stripes_enter(ctl, keys):  # type: ignore[no-untyped-def]
+def stripes_enter(ctl: memoryview, keys: list[bytes]) -> None:
     """Make the stripe of every key odd (each once, however many keys share it)."""
     _bump(ctl, keys, 0)
 
 
-def stripes_exit(ctl, keys):  # type: ignore[no-untyped-def]
+def stripes_exit(ctl: memoryview, keys: list[bytes]) -> None:
     """Make the stripe of every key even again."""
     _bump(ctl, keys, 1)
 
 
-def index_set(slots, arenas, keys, refs, vlens, first_order):  # type: ignore[no-untyped-def]
+def index_set(
+    slots: memoryview,
+    arenas: list[Any],
+    keys: list[bytes],
+    refs: list[int],
+    vlens: list[int],
+    first_order: int,
+) -> tuple[int, int, list[int], list[int]]:
     """Point each key's slot at its entry, in order (the last of a repeated key wins);
     a new key gets insertion number ``first_order + its position``, an overwritten one
     keeps its own. Inside the write window (:func:`stripes_enter`); the index must have
@@ -220,7 +231,9 @@ def index_set(slots, arenas, keys, refs, vlens, first_order):  # type: ignore[no
     return inserted, reused, freed_refs, freed_sizes
 
 
-def index_delete(slots, arenas, keys):  # type: ignore[no-untyped-def]
+def index_delete(
+    slots: memoryview, arenas: list[Any], keys: list[bytes]
+) -> tuple[list[int], list[int]]:
     """Mark each key's slot deleted; missing keys are ignored. Inside the write window.
 
     :returns: ``(freed_refs, freed_sizes)`` of the entries removed.
@@ -239,7 +252,7 @@ def index_delete(slots, arenas, keys):  # type: ignore[no-untyped-def]
     return freed_refs, freed_sizes
 
 
-def place(arenas, refs, keys, values):  # type: ignore[no-untyped-def]
+def place(arenas: list[Any], refs: list[int], keys: list[bytes], values: Sequence[Any]) -> None:
     """Write each entry, its key then its value, at its ref. ``values`` are bytes-like.
     Entries laid end to end in one arena segment (a batch of new small entries) are
     joined and copied in one go: two copies at C speed cost less than two slice
@@ -260,7 +273,7 @@ def place(arenas, refs, keys, values):  # type: ignore[no-untyped-def]
     # Joined only if each entry's block ends where the next begins: a block between
     # them would be overwritten by the padding.
     if end - start <= 1 << 20 and refs == list(
-        accumulate(blocks[:-1], initial=first)  # type: ignore[call-overload]
+        accumulate(blocks[:-1], initial=first)
     ):
         buf = arenas[arena]
         if end > len(buf):
@@ -302,7 +315,7 @@ def _pad(n: int) -> bytes:
     return pad
 
 
-def rebuild(old, new):  # type: ignore[no-untyped-def]
+def rebuild(old: memoryview, new: memoryview) -> int:
     """Copy the live slots of index ``old`` into the empty index ``new``; how many."""
     mask = len(new) // _W - 1
     # Strided copies find the live slots at C speed; only those are re-inserted.
