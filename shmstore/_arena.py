@@ -84,15 +84,23 @@ class Arena:
 
     def allocate(self, sizes: list[int]) -> list[int]:
         """Blocks of ``sizes`` bytes: freed ones of their class if any, else at the bump
-        pointer (room made by :meth:`make_room` for their sum); their refs, in order."""
+        pointer (room made by :meth:`make_room` for their sum); their refs, in order.
+        Freed blocks are taken last freed first."""
         free = self._free
-        base = self._id << L.OFFSET_BITS
-        if not (free and any(free.get(size) for size in set(sizes))):
-            start = self._bump
-            offsets = list(itertools.accumulate(sizes, initial=start))
-            self._bump = offsets.pop()
-            return list(map(operator.or_, offsets, itertools.repeat(base)))
+        classes = set(sizes)
+        if len(classes) == 1 and free:
+            # One class (a cache of embeddings): its free blocks, then a bump run, in
+            # whole-list operations rather than one step per entry.
+            reuse = free.get(sizes[0])
+            if reuse:
+                k = min(len(reuse), len(sizes))
+                refs = reuse[: len(reuse) - k - 1 : -1] if k < len(reuse) else reuse[::-1]
+                del reuse[len(reuse) - k :]
+                return refs + self._bump_run(sizes[k:])
+        if not (free and any(free.get(size) for size in classes)):
+            return self._bump_run(sizes)
         refs = []
+        base = self._id << L.OFFSET_BITS
         bump = self._bump
         for size in sizes:
             reuse = free.get(size)
@@ -104,12 +112,24 @@ class Arena:
         self._bump = bump
         return refs
 
+    def _bump_run(self, sizes: list[int]) -> list[int]:
+        start = self._bump
+        offsets = list(itertools.accumulate(sizes, initial=start))
+        self._bump = offsets.pop()
+        return list(map(operator.or_, offsets, itertools.repeat(self._id << L.OFFSET_BITS)))
+
     def release(self, refs: list[int], used: list[int]) -> None:
         """Return the blocks at ``refs``, of entries of ``used`` key and value bytes,
         for reuse. Only once no slot points at them and their keys' stripes have moved
         on (the batch that freed them is past its write window's start)."""
+        if not refs:
+            return
         free = self._free
-        for ref, size in zip(refs, self.entry_sizes(used), strict=True):
+        sizes = self.entry_sizes(used)
+        if len(set(sizes)) == 1:
+            free.setdefault(sizes[0], []).extend(refs)
+            return
+        for ref, size in zip(refs, sizes, strict=True):
             free.setdefault(size, []).append(ref)
 
     def short_of_reserve(self) -> bool:

@@ -35,6 +35,7 @@ meant for the owner, which then closes the store.
 from __future__ import annotations
 
 import collections
+import gc
 import os
 import select
 import selectors
@@ -489,6 +490,13 @@ def main() -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     os.close(devnull)
+    # The objects made so far live as long as the process: the collector need not scan
+    # them again. Requests allocate many short-lived objects and form no cycles but
+    # those of the odd exception, so collections are made rare rather than off: at
+    # Python's default threshold they took a tenth of the manager's time on batched
+    # writes (py-spy, 64 values of 1.5 kB a batch).
+    gc.freeze()
+    gc.set_threshold(100_000, 20, 100)
     manager.serve_forever()
     return 0
 

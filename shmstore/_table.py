@@ -13,6 +13,7 @@ keys never notice the batch at all.
 
 from __future__ import annotations
 
+import operator
 import os
 from collections.abc import Callable, Sequence
 
@@ -37,8 +38,13 @@ __all__ = ["ARENA_BYTES", "Table"]
 ARENA_BYTES = 256 << 20
 
 
-def _encode(key: str) -> bytes:
-    return key.encode("utf-8", "surrogatepass")
+def _encode(keys: Sequence[str]) -> list[bytes]:
+    """Each key's UTF-8, lone surrogates passed through (strict encoding first: it is
+    twice as fast, and only a key with a lone surrogate needs the other)."""
+    try:
+        return list(map(str.encode, keys))
+    except UnicodeEncodeError:
+        return [key.encode("utf-8", "surrogatepass") for key in keys]
 
 
 class Table:
@@ -89,7 +95,7 @@ class Table:
         index = self.index
         found = self._hot.lookup(
             self._header, index.slots, index.generation, self.arena.buffers,
-            list(map(_encode, keys)),
+            _encode(keys),
         )
         assert type(found) is list, "no write is under way while the table lock is held"
         return found
@@ -133,12 +139,10 @@ class Table:
         :raises StoreFullError: ``/dev/shm`` cannot hold the batch; nothing was applied.
         """
         hot, arena, index = self._hot, self.arena, self.index
-        encoded = list(map(_encode, keys))
-        lengths = [v.nbytes if type(v) is memoryview else len(v) for v in values]
+        encoded = _encode(keys)
+        lengths = list(map(len, values))  # values are bytes or 1-D byte memoryviews
         self._limits.check_batch(keys, lengths)
-        used = list(map(len, encoded))
-        for i, n in enumerate(lengths):
-            used[i] += n
+        used = list(map(operator.add, map(len, encoded), lengths))
         added = sum(used)
         if self._live_bytes + added > self._limits.max_store_bytes:
             total = self._live_bytes + self._growth(encoded, lengths)
@@ -173,7 +177,7 @@ class Table:
 
     def delete_many(self, keys: list[str]) -> None:
         """Remove the keys; missing ones are ignored."""
-        encoded = list(map(_encode, keys))
+        encoded = _encode(keys)
         hot = self._hot
         hot.stripes_enter(self._header, encoded)
         try:

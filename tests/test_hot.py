@@ -183,3 +183,9 @@ def test_lookup_of_hostile_memory_answers_retry_or_what_is_there(memory):
             assert found in (hot.TORN, hot.STALE) or found > 0  # an arena to map
         results.append(found)
     assert all(r == results[0] for r in results), "the implementations disagree"
+
+
+def test_key_hash_agrees_at_every_length_around_the_8_byte_steps():
+    data = bytes(range(256)) * 2
+    for n in range(0, 80):
+        assert chot.key_hash(data[n : 2 * n]) == zlib.crc32(data[n : 2 * n]), n
