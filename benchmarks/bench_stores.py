@@ -27,6 +27,7 @@ import platform
 import statistics
 import time
 
+import shmstore
 from benchmarks import peers
 
 KEY_CHARS = 45
@@ -212,6 +213,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5, help="runs per peer (default 5)")
     parser.add_argument("--quick", action="store_true", help="a tenth of the work, 1 run")
+    parser.add_argument(
+        "--only",
+        metavar="TEXT",
+        help="run only the stores whose name contains TEXT (shmstore is always run); "
+        "with SHMSTORE_PUREPYTHON=1 in the environment, to time the pure-Python core",
+    )
     options = parser.parse_args(argv)
     repeat = 1 if options.quick else options.repeat
     scale = 10 if options.quick else 1
@@ -221,6 +228,9 @@ def main(argv: list[str] | None = None) -> None:
     barrier = ctx.Barrier(READERS)
     available = []
     for peer_cls in peers.PEERS:
+        wanted = not options.only or options.only in peer_cls.name
+        if not wanted and peer_cls is not peers.ShmStorePeer:
+            continue
         why = peer_cls.unavailable()
         if why:
             print(f"left out {peer_cls.name}: {why}")
@@ -249,9 +259,12 @@ def main(argv: list[str] | None = None) -> None:
 
     metrics = list(medians[peers.ShmStorePeer.name])
     ours = medians[peers.ShmStorePeer.name]
+    core = getattr(shmstore, "IMPLEMENTATION", "-")
+    if os.environ.get("SHMSTORE_PUREPYTHON"):
+        core = "python"
     print(
         f"\n{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
-        f"medians of {repeat} run(s), {args[0]} keys\n"
+        f"medians of {repeat} run(s), {args[0]} keys; shmstore's core: {core}\n"
     )
     print("| store | " + " | ".join(metrics) + " |")
     print("|---" * (len(metrics) + 1) + "|")
