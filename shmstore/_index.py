@@ -13,6 +13,8 @@ from ._segment import Segment, unlink_segment
 __all__ = ["INITIAL_CAPACITY", "Index"]
 
 INITIAL_CAPACITY = 1024
+#: Capacity below which the index grows fourfold, not twofold.
+FOURFOLD_BELOW = 1 << 16
 
 
 class Index:
@@ -43,10 +45,11 @@ class Index:
         if self.used + new_keys <= L.MAX_LOAD * self.capacity:
             return
         capacity = max(INITIAL_CAPACITY, self.capacity)
-        # Doubling: with the rebuild compiled, the index's bytes per key matter more
-        # than the rebuilds (the memory target at 200,000 values: see README).
+        # Fourfold while small, where the index's bytes are few and a rebuild in pure
+        # Python re-inserts every key; twofold from FOURFOLD_BELOW slots on, where the
+        # index's bytes per key matter (the memory at 200,000 values: see README).
         while live + new_keys > L.MAX_LOAD * capacity:
-            capacity *= 2
+            capacity *= 4 if capacity < FOURFOLD_BELOW else 2
         self.rebuild(capacity)
 
     def rebuild(self, capacity: int) -> None:

@@ -33,9 +33,10 @@ Consistency: striped version counters (after MemC3, Fan, Andersen and Kaminsky, 
 2013), so a write disturbs only the reads of the keys it touches. A key's stripe is
 ``crc32(key) % STRIPES``. The manager, the only writer, applies a batch as:
 
-1. write the batch's entries into arena blocks no slot points at (fresh ones, or ones
-   freed by an earlier batch, whose keys' stripes that batch moved on);
-2. make every stripe of the batch's keys odd (once each), then acknowledge;
+1. make every stripe of the batch's keys odd (once each), then acknowledge;
+2. write the batch's entries into arena blocks no slot points at (fresh ones, or ones
+   freed by an earlier batch, whose keys' stripes that batch moved on); values copied
+   from a client's staging segment are written before step 1 instead;
 3. change the slots: a new key's slot gets HASH_KLEN, VLEN and ORDER first and REF
    last; an overwrite sets VLEN then REF; a delete sets REF to DELETED;
 4. make those stripes even again.
@@ -48,10 +49,10 @@ then it reads INDEX_GEN and every stripe again, and if any differs, it tries aga
 
 Why that is enough, on x86-64, whose loads are not reordered with loads nor stores
 with stores (TSO): suppose a reader returns part of a batch B, the new value of ``a``
-and the old of ``b``. It read a's entry after B's step 3 for ``a``, so after step 2
+and the old of ``b``. It read a's entry after B's step 3 for ``a``, so after step 1
 made b's stripe odd; its final read of b's stripe came later still, so it saw that
 odd value or a later one. Its first read of b's stripe came before it read b's old
-slot, so before B changed it: so it read the version from before step 2, which the
+slot, so before B changed it: so it read the version from before step 1, which the
 final read does not match, and the reader tries again. The same argument covers a key
 that B deletes and a block that B frees and a later batch reuses (B moved the freed
 key's stripe on before the block could be written again), and a slot of another stripe

@@ -127,11 +127,13 @@ class Table:
         """Store the pairs in order, so the last value of a repeated key wins.
 
         :param values: bytes-like objects, as many as ``keys``; they must stay as
-            they are until ``acknowledge`` is called (or this returns).
-        :param acknowledge: called once the batch can no longer fail and its entries
-            are written, with the write window open on its keys' stripes, before the
-            index changes (the manager replies there, so its client prepares the next
-            request while this one is applied). A reader that starts after the call
+            they are until ``acknowledge`` is called (or this returns). A list of
+            ``bytes`` is taken as this process's own and copied after
+            ``acknowledge``; anything else (views of a staging segment) before it.
+        :param acknowledge: called once the batch can no longer fail, with the write
+            window open on its keys' stripes, before the index changes (the manager
+            replies there, so its client prepares the next request while this one is
+            applied). A reader that starts after the call
             finds those stripes odd until the whole batch is in, so it never misses
             what was acknowledged. It must not raise.
         :raises LimitExceededError: a value, the batch or the store would be over its
@@ -154,15 +156,22 @@ class Table:
         sizes = arena.entry_sizes(used)
         index.make_room(self._live, len(encoded))
         arena.make_room(sum(sizes))
-        # Entries are written before the write window, into blocks no slot points at
-        # (a reused block was freed by an earlier batch, which moved its key's stripe
-        # on), so readers wait only for the slots to change.
         refs = arena.allocate(sizes)
-        hot.place(arena.buffers, refs, encoded, values)
+        # Entries go into blocks no slot points at (a reused block was freed by an
+        # earlier batch, which moved its key's stripe on), so readers of other keys
+        # never notice them. Values sent in the request are this process's own and are
+        # written after the acknowledgment, so the client's wait does not include the
+        # copy; staged ones are copied before it, since the client reuses its staging
+        # segment as soon as it has the reply.
+        owned = type(values) is list and all(type(v) is bytes for v in values)
+        if not owned:
+            hot.place(arena.buffers, refs, encoded, values)
         hot.stripes_enter(self._header, encoded)
         try:
             if acknowledge is not None:
                 acknowledge()
+            if owned:
+                hot.place(arena.buffers, refs, encoded, values)
             inserted, reused, freed_refs, freed_used = hot.index_set(
                 index.slots, arena.buffers, encoded, refs, lengths, self._next_order
             )

@@ -152,22 +152,31 @@ def _find(slots: memoryview, mask: int, arenas: list[Any], kb: bytes, h: int) ->
         i = (i + 1) & mask
 
 
-def _bump(ctl: memoryview, keys: list[bytes], parity: int) -> None:
-    stripe0, stripe_mask = _STRIPE0, _STRIPE_MASK
-    for h in map(zlib.crc32, keys):
-        s = stripe0 + (h & stripe_mask)
-        if ctl[s] & 1 == parity:
-            ctl[s] += 1
+# The stripes of the last batch entered, kept for its exit: (keys, stripes). The writer
+# applies one batch at a time, so the exit that follows an enter is that batch's.
+_entered: tuple[list[bytes] | None, list[int]] = (None, [])
 
 
 def stripes_enter(ctl: memoryview, keys: list[bytes]) -> None:
     """Make the stripe of every key odd (each once, however many keys share it)."""
-    _bump(ctl, keys, 0)
+    global _entered
+    stripe0, stripe_mask = _STRIPE0, _STRIPE_MASK
+    stripes = list({stripe0 + (h & stripe_mask) for h in map(zlib.crc32, keys)})
+    for s in stripes:
+        if not ctl[s] & 1:
+            ctl[s] += 1
+    _entered = (keys, stripes)
 
 
 def stripes_exit(ctl: memoryview, keys: list[bytes]) -> None:
     """Make the stripe of every key even again."""
-    _bump(ctl, keys, 1)
+    entered_keys, stripes = _entered
+    if entered_keys is not keys:
+        stripe0, stripe_mask = _STRIPE0, _STRIPE_MASK
+        stripes = list({stripe0 + (h & stripe_mask) for h in map(zlib.crc32, keys)})
+    for s in stripes:
+        if ctl[s] & 1:
+            ctl[s] += 1
 
 
 def index_set(
