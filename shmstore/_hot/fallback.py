@@ -49,7 +49,7 @@ TORN = -1
 #: new one and read again.
 STALE = -2
 
-key_hash = zlib.crc32
+key_hash = L.key_hash  # the layout defines it: CRC-32, as zlib.crc32
 
 _W = L.SLOT_WORDS
 _STRIPE0 = L.HEADER_WORDS
