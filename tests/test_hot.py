@@ -189,3 +189,16 @@ def test_key_hash_agrees_at_every_length_around_the_8_byte_steps():
     data = bytes(range(256)) * 2
     for n in range(0, 80):
         assert chot.key_hash(data[n : 2 * n]) == zlib.crc32(data[n : 2 * n]), n
+
+
+def test_one_read_spans_more_arena_segments_than_the_lookup_keeps_at_hand(implementation):
+    import shmstore
+
+    # 1 MiB segments and 100 kB values: about 40 segments, past the compiled lookup's
+    # 16 buffers kept on its stack, so it takes the allocated path.
+    with shmstore.SharedByteStore(segment_bytes=1 << 20) as store:
+        pairs = [(f"k{i}", os.urandom(100_000)) for i in range(400)]
+        for i in range(0, len(pairs), 8):
+            store.mset(pairs[i : i + 8])
+        assert store.mget([k for k, _ in pairs]) == [v for _, v in pairs]
+        assert len(store._reader._arenas) > 17
