@@ -259,8 +259,15 @@ class Manager:
                     self._reserver.wake_if_short()
                 if not keep:
                     return
+        except (EOFError, OSError):
+            return  # the client is gone, or its socket broke: drop this client only
         except Exception:
-            return  # EOF or a broken socket: drop this client only
+            # Not the client's doing (its bad requests get error replies): a bug here.
+            # Said on stderr, then this client only is dropped.
+            import traceback  # only here: kept out of the manager's memory otherwise
+
+            traceback.print_exc(file=sys.stderr)
+            return
         finally:
             staging.close()
             self._peer_left(peer_pid)

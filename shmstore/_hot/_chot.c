@@ -202,9 +202,9 @@ static int capacity_mask(Words *slots, uint64_t *mask) {
 
 /* -- the reader ------------------------------------------------------------------ */
 
-/* One key's search in an index being changed: sets *value (a new reference, or
- * Py_None borrowed-as-new) and returns 0; or returns TORN, or a positive id of an
- * arena not mapped, or -3 with an exception set. */
+/* One key's search in an index being changed: sets *value to a new reference (the
+ * value's bytes, or None for a miss) and returns 0; or returns TORN, or the positive
+ * id of an arena segment not mapped here, or -3 with an exception set. */
 static long read_one(Words *slots, uint64_t mask, Arenas *arenas, const unsigned char *kp,
                      Py_ssize_t klen, uint32_t h, PyObject **value) {
     uint64_t want = (uint64_t)h | ((uint64_t)klen << 32);
