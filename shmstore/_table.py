@@ -163,7 +163,7 @@ class Table:
         # written after the acknowledgment, so the client's wait does not include the
         # copy; staged ones are copied before it, since the client reuses its staging
         # segment as soon as it has the reply.
-        owned = type(values) is list and all(type(v) is bytes for v in values)
+        owned = type(values) is list and set(map(type, values)) <= {bytes}
         if not owned:
             hot.place(arena.buffers, refs, encoded, values)
         hot.stripes_enter(self._header, encoded)
