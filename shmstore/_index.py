@@ -27,7 +27,7 @@ class Index:
         self._hot = hot
         self._segment: Segment | None = None
         #: The current index's words (``memoryview`` cast to ``"Q"``).
-        self.slots = memoryview(bytearray(8 * L.SLOT_WORDS)).cast("Q")
+        self.slots = L.no_index()
         self.capacity = 0
         self.used = 0  # slots not empty: live entries and tombstones
         self.rebuild(INITIAL_CAPACITY)
@@ -76,7 +76,7 @@ class Index:
 
     def close(self) -> None:
         if self._segment is not None:
-            self.slots = memoryview(bytearray(8 * L.SLOT_WORDS)).cast("Q")
+            self.slots = L.no_index()
             self._segment.close()
             unlink_segment(self._segment.name)
             self._segment = None

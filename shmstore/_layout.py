@@ -83,6 +83,7 @@ __all__ = [
     "entry_bytes",
     "index_name",
     "key_hash",
+    "no_index",
     "segment_prefix",
 ]
 
@@ -110,6 +111,12 @@ EMPTY, DELETED = 0, 1
 OFFSET_BITS = 40
 OFFSET_MASK = (1 << OFFSET_BITS) - 1
 MAX_LOAD = 0.7
+
+
+def no_index() -> memoryview:
+    """A one-slot empty index, not in shared memory: what the manager rebuilds its first
+    index from, and what a reader holds until it maps the store's."""
+    return memoryview(bytes(8 * SLOT_WORDS)).cast("Q")
 
 
 def directory_prefix(runtime_dir: str) -> str:

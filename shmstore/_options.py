@@ -67,8 +67,8 @@ class Options(_Fields):
             raise ValueError(f"SHMSTORE_STAGE_BYTES must be a non-negative integer, got {raw!r}")
         direct = os.environ.get("SHMSTORE_DIRECT_READS", "1").lower() not in _FALSE
         # Read now, not at import: the store carries the owner's current choice.
-        pure = os.environ.get("SHMSTORE_PUREPYTHON", "").lower() in {"1", "true", "yes", "on"}
-        implementation = "python" if pure or _hot.load("c") is _hot.fallback else "c"
+        pure = _hot.forced_pure_python() or _hot.load("c") is _hot.fallback
+        implementation = "python" if pure else "c"
         return cls(direct and DIRECT_READS_POSSIBLE, stage_bytes, implementation)
 
     def publish(self, header: memoryview) -> None:

@@ -46,10 +46,12 @@ class _Pidfd:
     __slots__ = ("fd",)
 
     def __init__(self, pid: int) -> None:
+        self.fd = -1  # so that __del__ of one whose pidfd_open failed closes nothing
         self.fd = os.pidfd_open(pid)
 
     def __del__(self) -> None:
-        os.close(self.fd)
+        if self.fd >= 0:
+            os.close(self.fd)
 
 
 class DirectReader:
@@ -84,16 +86,16 @@ class DirectReader:
         self._arenas: list[object] = [None]
         self._state: tuple[memoryview, memoryview, int] | None = (
             ctl,
-            memoryview(bytearray(8 * L.SLOT_WORDS)).cast("Q"),
+            L.no_index(),
             0,  # no index is generation 0: the first read maps the current one
         )
         self.reads = self.retried = self.fell_back = 0
 
     def get_many(self, keys: list[str] | list[bytes]) -> list[bytes | None] | None:
         """The values of the keys (``str``, or their UTF-8 with surrogatepass), as of
-        one moment; ``None``
-        if the manager must answer: it has exited (its memory is never served then),
-        this reader is closed, or no consistent read was had in :data:`GIVE_UP_S`."""
+        one moment; ``None`` if the manager must answer: it has exited (its memory is
+        never served then), this reader is closed, or no consistent read was had in
+        :data:`GIVE_UP_S`."""
         state, pidfd, hot = self._state, self._pidfd, self._hot
         if state is None or pidfd is None or not hot.manager_alive(pidfd.fd):
             return None

@@ -20,11 +20,16 @@ from types import ModuleType
 
 from . import fallback
 
-__all__ = ["IMPLEMENTATION", "IMPLEMENTATIONS", "load"]
+__all__ = ["IMPLEMENTATION", "IMPLEMENTATIONS", "forced_pure_python", "load"]
 
 IMPLEMENTATIONS = ("c", "python")
 
 _TRUE = {"1", "true", "yes", "on"}
+
+
+def forced_pure_python() -> bool:
+    """Whether ``SHMSTORE_PUREPYTHON`` asks for the pure-Python functions, now."""
+    return os.environ.get("SHMSTORE_PUREPYTHON", "").lower() in _TRUE
 
 
 def _compiled() -> ModuleType | None:
@@ -37,7 +42,7 @@ def _compiled() -> ModuleType | None:
     return _chot  # type: ignore[no-any-return]
 
 
-_CHOT = None if os.environ.get("SHMSTORE_PUREPYTHON", "").lower() in _TRUE else _compiled()
+_CHOT = None if forced_pure_python() else _compiled()
 
 #: ``"c"`` or ``"python"``: the hot functions this process uses by default.
 IMPLEMENTATION = "c" if _CHOT is not None else "python"
