@@ -30,6 +30,7 @@ from ._errors import (
     ValueTooLargeError,
 )
 from ._hot import IMPLEMENTATION
+from ._stats import StoreStats
 
 # The manager process imports this package: typing, like the store classes, is kept out
 # of its memory (annotations are not evaluated at run time).
@@ -57,6 +58,7 @@ __all__ = [
     "StoreFullError",
     "StoreNotFoundError",
     "StorePermissionError",
+    "StoreStats",
     "StoreTooLargeError",
     "ValueTooLargeError",
 ]

@@ -19,15 +19,22 @@ FOURFOLD_BELOW = 1 << 16
 
 class Index:
     """The index segments of one store, named under ``prefix``; ``header`` is the
-    store's ``ctl`` words, where the generation is published for readers."""
+    store's ``ctl`` words, where the generation is published for readers. With
+    ``visited``, each index has its segment of visited bytes (SIEVE) beside it."""
 
-    def __init__(self, prefix: str, header: memoryview, hot: ModuleType) -> None:
+    def __init__(
+        self, prefix: str, header: memoryview, hot: ModuleType, visited: bool = False
+    ) -> None:
         self._prefix = prefix
         self._header = header
         self._hot = hot
         self._segment: Segment | None = None
+        self._visited_segment: Segment | None = None
+        self._with_visited = visited
         #: The current index's words (``memoryview`` cast to ``"Q"``).
         self.slots = L.no_index()
+        #: Its visited bytes, one per slot (a writable ``memoryview``), or ``None``.
+        self.visited: memoryview | None = None
         self.capacity = 0
         self.used = 0  # slots not empty: live entries and tombstones
         self.rebuild(INITIAL_CAPACITY)
@@ -57,26 +64,43 @@ class Index:
         and switch readers to it. The old one is unlinked; readers that still map it
         keep their mapping and see the generation change."""
         generation = self.generation + 1
-        name = L.index_name(self._prefix, generation)
-        segment = Segment.create(name, capacity * L.SLOT_WORDS * 8)
+        made: list[Segment] = []
         try:
+            segment = Segment.create(
+                L.index_name(self._prefix, generation), capacity * L.SLOT_WORDS * 8
+            )
+            made.append(segment)
             segment.reserve(0, segment.size)
             new = memoryview(segment.buf).cast("Q")
-            live = self._hot.rebuild(self.slots, new)
+            marks = visited = None
+            if self._with_visited:
+                # Made before the switch: a reader that maps i<gen> finds v<gen>.
+                marks = Segment.create(L.visited_name(self._prefix, generation), capacity)
+                made.append(marks)
+                marks.reserve(0, marks.size)
+                visited = memoryview(marks.buf)
+                live = self._hot.rebuild(self.slots, new, self.visited, visited)
+            else:
+                live = self._hot.rebuild(self.slots, new)
         except BaseException:
-            segment.close()
-            unlink_segment(segment.name)
+            for made_segment in made:
+                made_segment.close()
+                unlink_segment(made_segment.name)
             raise
         self._header[L.W_INDEX_GEN] = generation
-        retired = self._segment
+        retired = (self._segment, self._visited_segment)
         self._segment, self.slots, self.capacity, self.used = segment, new, capacity, live
-        if retired is not None:
-            retired.close()
-            unlink_segment(retired.name)
+        self._visited_segment, self.visited = marks, visited
+        for old in retired:
+            if old is not None:
+                old.close()
+                unlink_segment(old.name)
 
     def close(self) -> None:
-        if self._segment is not None:
-            self.slots = L.no_index()
-            self._segment.close()
-            unlink_segment(self._segment.name)
-            self._segment = None
+        self.slots = L.no_index()
+        self.visited = None
+        for segment in (self._segment, self._visited_segment):
+            if segment is not None:
+                segment.close()
+                unlink_segment(segment.name)
+        self._segment = self._visited_segment = None

@@ -21,6 +21,7 @@ import msgpack
 from ._errors import StoreError
 from ._limits import Limits
 from ._options import Options
+from ._policy import Policy
 from ._runtime import StorePaths
 
 __all__ = ["ManagerProcess"]
@@ -61,6 +62,7 @@ class ManagerProcess:
         *,
         limits: Limits,
         options: Options,
+        policy: Policy,
         segment_bytes: int,
         start_timeout_s: float,
     ) -> ManagerProcess:
@@ -94,6 +96,7 @@ class ManagerProcess:
             "limits": limits._asdict(),
             "segment_bytes": segment_bytes,
             "options": options._asdict(),
+            "policy": policy._asdict(),
         }
         try:
             with process.stdin:

@@ -12,18 +12,37 @@ one aligned 8-byte access, which is atomic on x86-64.
     0 MAGIC  1 VERSION  2 INDEX_GEN  3 LIVE_KEYS  4 LIVE_BYTES (keys and values)
     5 NEXT_ORDER  6 MAX_VALUE_BYTES  7 MAX_BATCH_BYTES  8 MAX_STORE_BYTES
     9 MANAGER_PID  10 DIRECT_READS  11 STAGE_BYTES  12 IMPLEMENTATION (0 c, 1 python)
-    13-511 reserved (zero)
+    13 EVICTION (0 none, 1 sieve)  14 DEFAULT_TTL_NS (0: none)
+    15 HITS  16 MISSES (of reads the manager answered, and of closed readers' slots)
+    17 EVICTIONS  18 EXPIRATIONS  19 SETS  20 DELETES
+    21-511 reserved (zero)
 Words 10-12 are the store's data-path options (:mod:`shmstore._options`), set by its
-owner and read by every proxy, so every process of a store takes the same paths.
+owner and read by every proxy, so every process of a store takes the same paths;
+13-14 its cache policy (:mod:`shmstore._policy`); 15-20 counters only the manager
+writes (:mod:`shmstore._stats`).
 
 ``i<gen>``, the index: an open-addressing hash table, linear probing, a power of two
-of slots of :data:`SLOT_WORDS` words (the capacity is the segment's size / 32):
+of slots of :data:`SLOT_WORDS` words (the capacity is the segment's size / 40):
     0 HASH_KLEN  crc32(key) | len(key) << 32      (key as UTF-8, surrogatepass)
     1 REF        0 empty, 1 deleted, else arena segment id << 40 | byte offset
     2 VLEN       value length in bytes
     3 ORDER      insertion number: keys are listed in insertion order, as a dict's
+    4 EXPIRES    0, or the deadline in ns of CLOCK_MONOTONIC (``time.monotonic_ns()``,
+                 one clock for every process of the machine): from then on the
+                 entry is a miss for every reader, until the manager reclaims it
 When the index fills past :data:`MAX_LOAD`, the manager builds ``i<gen+1>`` and
 switches INDEX_GEN; readers notice and map the new one.
+
+``v<gen>``, the visited bytes of index ``i<gen>`` (only in a store whose EVICTION is
+sieve): one byte per slot, set to 1 by a reader on a hit (if not set already) and
+cleared by the manager's SIEVE hand (:mod:`shmstore._sieve`). Proxies map it
+writable, the only segment they do: a stray write there can change which entry is
+evicted next, never a value, since nothing else is read from it.
+
+``c``, the reader table (as LMDB's gives each reader a slot): :data:`READER_SLOTS`
+slots of two words, HITS and MISSES, each written only by the one proxy the manager
+gave it to; the manager adds a slot into header words 15-16 and zeroes it when that
+proxy's connection ends, before giving it to another.
 
 ``a<id>``, arena segments (ids from 1): each entry is the key's bytes then the value's,
 starting at an 8-byte boundary, in a block of its size class (:func:`entry_bytes`).
@@ -74,6 +93,7 @@ __all__ = [
     "HEADER_WORDS",
     "MAGIC",
     "MAX_LOAD",
+    "READER_SLOTS",
     "SLOT_WORDS",
     "STRIPES",
     "VERSION",
@@ -84,17 +104,21 @@ __all__ = [
     "index_name",
     "key_hash",
     "no_index",
+    "readers_name",
     "segment_prefix",
+    "visited_name",
 ]
 
 MAGIC = 0x5348_4D53_544F_5245  # "SHMSTORE"
-VERSION = 2
+VERSION = 3
 
 # header words
 W_MAGIC, W_VERSION, W_INDEX_GEN = 0, 1, 2
 W_LIVE_KEYS, W_LIVE_BYTES, W_NEXT_ORDER = 3, 4, 5
 W_MAX_VALUE_BYTES, W_MAX_BATCH_BYTES, W_MAX_STORE_BYTES, W_MANAGER_PID = 6, 7, 8, 9
 W_DIRECT_READS, W_STAGE_BYTES, W_IMPLEMENTATION = 10, 11, 12
+W_EVICTION, W_DEFAULT_TTL_NS = 13, 14
+W_HITS, W_MISSES, W_EVICTIONS, W_EXPIRATIONS, W_SETS, W_DELETES = 15, 16, 17, 18, 19, 20
 HEADER_WORDS = 512
 
 #: Stripe version words, after the header. 16,384 stripes (128 KiB): two batches of 64
@@ -104,8 +128,15 @@ STRIPES = 16384
 CTL_BYTES = (HEADER_WORDS + STRIPES) * 8
 
 # slot words
-SLOT_WORDS = 4
-S_HASH_KLEN, S_REF, S_VLEN, S_ORDER = 0, 1, 2, 3
+SLOT_WORDS = 5
+S_HASH_KLEN, S_REF, S_VLEN, S_ORDER, S_EXPIRES = 0, 1, 2, 3, 4
+
+#: Slots of the reader table, ``c``: proxies reading at once (one each); a proxy past
+#: them reads through the manager, which counts its hits and misses itself.
+READER_SLOTS = 4096
+READER_WORDS = 2
+R_HITS, R_MISSES = 0, 1
+READERS_BYTES = READER_SLOTS * READER_WORDS * 8
 
 EMPTY, DELETED = 0, 1
 OFFSET_BITS = 40
@@ -142,6 +173,14 @@ def index_name(prefix: str, generation: int) -> str:
 
 def arena_name(prefix: str, segment_id: int) -> str:
     return f"{prefix}a{segment_id}"
+
+
+def visited_name(prefix: str, generation: int) -> str:
+    return f"{prefix}v{generation}"
+
+
+def readers_name(prefix: str) -> str:
+    return f"{prefix}c"
 
 
 #: ``key_hash(key_bytes) -> int``: the stable 32-bit hash of a key, CRC-32 (IEEE, as

@@ -21,6 +21,9 @@ writes its configuration as one msgpack map to its stdin, and waits for the line
   staging segments it left are unlinked.
 * **a reserver thread** keeps arena pages reserved ahead of need (:class:`_Reserver`),
   in system calls that release the GIL, beside the connection threads.
+* **a sweeper thread** reclaims expired entries once their deadline has passed
+  (:class:`_Sweeper`), so an idle store does not hold expired data; it sleeps while
+  nothing is due.
 * **the main thread** accepts connections and waits for the end: SIGTERM (how the
   owner's ``close()`` stops the manager; ``signal.set_wakeup_fd`` wakes the wait) or the
   owner's exit, even by SIGKILL, seen through a pidfd (Linux 5.3+) or, elsewhere, by
@@ -44,6 +47,7 @@ import socket
 import struct
 import sys
 import threading
+import time
 from multiprocessing.connection import Connection, answer_challenge, deliver_challenge
 
 import msgpack
@@ -52,9 +56,11 @@ from . import _protocol as proto
 from ._errors import ProtocolError, StoreError
 from ._limits import Limits
 from ._options import Options
+from ._policy import Policy
 from ._runtime import StorePaths
 from ._segment import Segment
 from ._staging import KEEP_BYTES
+from ._stats import ReaderTable
 from ._table import Table
 
 # typing is imported for the type checker only: the manager imports this module, and
@@ -94,6 +100,7 @@ class Manager:
         ``limits.max_frame_bytes`` loses its connection.
     :param segment_bytes: virtual size of each arena segment.
     :param options: the store's data-path options (:mod:`shmstore._options`).
+    :param policy: the store's cache policy (:mod:`shmstore._policy`).
     """
 
     def __init__(
@@ -104,15 +111,19 @@ class Manager:
         limits: Limits,
         segment_bytes: int,
         options: Options,
+        policy: Policy,
     ) -> None:
         self._paths = paths
         self._options = options
+        self._policy = policy
         self._authkey = authkey
         self._owner_pid = owner_pid
         self._limits = limits
         self._segment_bytes = segment_bytes
         self._table: Table | None = None  # created by open(): its segments outlive errors
+        self._readers: ReaderTable | None = None
         self._reserver: _Reserver | None = None
+        self._sweeper: _Sweeper | None = None
         self._table_lock = threading.Lock()
         # Live connections per client pid: a process's staging segments are removed
         # when its last connection ends, not when one of several does.
@@ -144,9 +155,15 @@ class Manager:
         listener.setblocking(False)
         self._listener = listener
         self._table = Table(
-            self._paths.segment_prefix, self._segment_bytes, self._limits, self._options
+            self._paths.segment_prefix,
+            self._segment_bytes,
+            self._limits,
+            self._options,
+            self._policy,
         )
+        self._readers = ReaderTable(self._paths.segment_prefix, self._table.header)
         self._reserver = _Reserver(self._table, self._table_lock)
+        self._sweeper = _Sweeper(self._table, self._table_lock)
         self._selector.register(listener, selectors.EVENT_READ, self._accept)
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeups)
         signal.set_wakeup_fd(self._wake_w)
@@ -220,8 +237,12 @@ class Manager:
             self._listener.close()
         if self._reserver is not None:
             self._reserver.stop()  # before the table unmaps what it may be reserving
-        if self._table is not None:
-            with self._table_lock:
+        if self._sweeper is not None:
+            self._sweeper.stop()
+        with self._table_lock:
+            if self._readers is not None:
+                self._readers.close()
+            if self._table is not None:
                 self._table.close()
         self._paths.remove(self._authkey)
         signal.set_wakeup_fd(-1)
@@ -235,6 +256,7 @@ class Manager:
 
     def _serve_connection(self, connection: Connection, peer_pid: int) -> None:
         staging = _MappedStaging()
+        session = _Session()
         try:
             try:
                 # Nothing an unauthenticated peer sends is decoded: the challenge reads
@@ -252,7 +274,7 @@ class Manager:
                 # partial frame is decoded, so none of that batch is applied.
                 frame = connection.recv_bytes(self._limits.max_frame_bytes)
                 reply = _Reply(connection, writable)
-                keep = self._handle(frame, peer_pid, staging, reply)
+                keep = self._handle(frame, peer_pid, staging, session, reply)
                 if reply.error is not None:
                     return  # the client is gone
                 if self._reserver is not None:
@@ -270,6 +292,9 @@ class Manager:
             return
         finally:
             staging.close()
+            if session.reader_slot >= 0 and self._readers is not None:
+                with self._table_lock:
+                    self._readers.release(session.reader_slot)
             self._peer_left(peer_pid)
             # Closed last: once a connection's socket is gone, so is whatever its end
             # removes.
@@ -284,14 +309,21 @@ class Manager:
                 # staging segment behind; nobody else will ever unlink it.
                 self._paths.remove_segments(f"s{peer_pid}.")
 
-    def _handle(self, frame: bytes, peer_pid: int, staging: _MappedStaging, reply: _Reply) -> bool:
+    def _handle(
+        self,
+        frame: bytes,
+        peer_pid: int,
+        staging: _MappedStaging,
+        session: _Session,
+        reply: _Reply,
+    ) -> bool:
         """Serve one request frame and send its reply; whether to keep the connection."""
         try:
             op, args = proto.parse_request(frame)
             if op == proto.MSET_SHM and not args[1].startswith(f"s{peer_pid}."):
                 raise ProtocolError("a client may only send its own staging segments")
             with self._table_lock:
-                result = self._apply(op, args, staging, reply)
+                result = self._apply(op, args, staging, session, reply)
             reply.send(proto.ok_reply(result))
             return True
         except ProtocolError as exc:
@@ -307,7 +339,14 @@ class Manager:
             reply.send(proto.error_reply(StoreError(f"manager error: {exc!r}")))
             return True
 
-    def _apply(self, op: int, args: list[Any], staging: _MappedStaging, reply: _Reply) -> Any:
+    def _apply(
+        self,
+        op: int,
+        args: list[Any],
+        staging: _MappedStaging,
+        session: _Session,
+        reply: _Reply,
+    ) -> Any:
         table = self._table
         assert table is not None
         if op == proto.MGET:
@@ -315,14 +354,25 @@ class Manager:
         if op == proto.MSET:
             # Acknowledged once it can no longer fail, and applied while the client
             # prepares its next request.
-            table.set_many(args[0], args[1], reply.acknowledge)
+            table.set_many(args[0], args[1], reply.acknowledge, args[2])
+            self._wake_sweeper(table, args[2])
         elif op == proto.MDELETE:
             table.delete_many(args[0])
         elif op == proto.KEYS:
             return table.keys(args[0])
         elif op == proto.MSET_SHM:
             self._apply_staged(table, staging, reply, *args)
+            self._wake_sweeper(table, args[3])
+        elif op == proto.READER:
+            assert self._readers is not None
+            if session.reader_slot < 0:
+                session.reader_slot = self._readers.assign()
+            return session.reader_slot
         return None
+
+    def _wake_sweeper(self, table: Table, ttl: int | None) -> None:
+        if self._sweeper is not None and (ttl or (ttl is None and table.policy.ttl_ns)):
+            self._sweeper.wake()
 
     def _apply_staged(
         self,
@@ -332,6 +382,7 @@ class Manager:
         keys: list[str],
         name: str,
         lengths: list[int],
+        ttl: int | None,
     ) -> None:
         # The values are copied once, from the client's staging segment into the arena,
         # and acknowledged then, before the index changes: the client reuses or removes
@@ -346,7 +397,7 @@ class Manager:
                 views.append(whole[offset : offset + n])
                 offset += n
             try:
-                table.set_many(keys, views, reply.acknowledge)
+                table.set_many(keys, views, reply.acknowledge, ttl)
             finally:
                 for view in views:
                     view.release()
@@ -399,6 +450,60 @@ class _Reserver:
                 continue  # best effort: a batch that needs the bytes reserves, or reports
             with self._table_lock:
                 self._table.arena.reserved(arena, end)
+
+
+class _Sweeper:
+    """A thread that reclaims expired entries when their deadline passes
+    (:meth:`Table.sweep <shmstore._table.Table.sweep>`), a few thousand per hold of the
+    table lock. It sleeps until the next deadline recorded, or until a write with a time
+    to live wakes it to look again."""
+
+    #: Longest sleep: a bound on how late a deadline recorded while asleep is noticed
+    #: if no wake-up came (there always is one; this is a safety net).
+    MAX_SLEEP_S = 1.0
+
+    def __init__(self, table: Table, table_lock: threading.Lock) -> None:
+        self._table = table
+        self._table_lock = table_lock
+        self._wanted = threading.Event()
+        self._stopping = False
+        self._next: int | None = None  # the deadline it sleeps until
+        self._thread = threading.Thread(target=self._run, name="sweeper", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Look again at the deadlines, unless asleep until one at least as early (an
+        unlocked hint: a stale answer only costs a look)."""
+        if self._next is None or self._table.next_deadline_before(self._next):
+            self._wanted.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wanted.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopping:
+            with self._table_lock:
+                self._next = deadline = self._table.sweep()
+            if deadline is None:
+                timeout = None
+            else:
+                timeout = (deadline - time.monotonic_ns()) / 1e9
+                if timeout <= 0:
+                    continue  # more is due: sweep again, letting writes in between
+                timeout = min(timeout, self.MAX_SLEEP_S)
+            self._wanted.wait(timeout)
+            self._wanted.clear()
+
+
+class _Session:
+    """What the manager keeps of one connection: its reader-table slot."""
+
+    __slots__ = ("reader_slot",)
+
+    def __init__(self) -> None:
+        self.reader_slot = -1
 
 
 class _Reply:
@@ -484,6 +589,7 @@ def main() -> int:
         Limits(**config["limits"]),
         config["segment_bytes"],
         Options(**config["options"]),
+        Policy(**config["policy"]),
     )
     try:
         manager.open()

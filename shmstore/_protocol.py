@@ -9,13 +9,20 @@ send is a frame that fails to decode, whereas unpickling untrusted bytes runs co
 A request is an array whose first item is an opcode::
 
     [MGET, keys]             -> list[bytes | None], one item per key, in order
-    [MSET, keys, values]     -> None; pairs applied in order, the whole batch or nothing
+    [MSET, keys, values, ttl]
+                             -> None; pairs applied in order, the whole batch or nothing
     [MDELETE, keys]          -> None; missing keys ignored
     [KEYS, prefix | None]    -> list[str], the keys for which key.startswith(prefix)
-    [MSET_SHM, keys, segment, lengths]
+    [MSET_SHM, keys, segment, lengths, ttl]
                              -> None; as MSET, with the values laid end to end in the
                                 client's staging segment <store prefix><segment>, named
                                 s<client pid>.<n>, which the manager unlinks
+    [READER]                 -> int: the slot of the reader table (shmstore._stats)
+                                this connection's proxy counts its hits and misses
+                                in, until the connection ends; -1 if none is free
+
+``ttl`` is the batch's time to live in nanoseconds, 0 for none, or nil for the store's
+default.
 
 ``keys`` is an array of str, ``values`` an array of bin of the same length. A reply is
 ``[OK, result]`` or ``[ERROR, kind, message]``, ``kind`` naming a :mod:`shmstore` exception
@@ -53,6 +60,7 @@ __all__ = [
     "MGET",
     "MSET",
     "MSET_SHM",
+    "READER",
     "error_reply",
     "ok_reply",
     "pack",
@@ -65,6 +73,7 @@ MSET = 2
 MDELETE = 3
 KEYS = 4
 MSET_SHM = 5
+READER = 6
 
 _OK = 0
 _ERROR = 1
@@ -86,7 +95,8 @@ _ERROR_KINDS: dict[str, type[StoreError]] = {
 }
 
 # Number of items after the opcode, per request kind.
-_ARITY = {MGET: 1, MSET: 2, MDELETE: 1, KEYS: 1, MSET_SHM: 3}
+_ARITY = {MGET: 1, MSET: 3, MDELETE: 1, KEYS: 1, MSET_SHM: 4, READER: 0}
+_MAX_TTL_NS = (1 << 62) - 1
 _STAGING_SEGMENT = re.compile(r"s\d+\.\d+")
 
 
@@ -121,6 +131,11 @@ def _check_keys(keys: Any) -> list[str]:
     return keys
 
 
+def _check_ttl(ttl: Any) -> None:
+    if ttl is not None and (type(ttl) is not int or not 0 <= ttl <= _MAX_TTL_NS):
+        _fail(f"ttl must be nil or an integer of nanoseconds from 0 to {_MAX_TTL_NS}")
+
+
 def parse_request(frame: bytes) -> tuple[int, list[Any]]:
     """Decode and check one request frame.
 
@@ -148,6 +163,7 @@ def parse_request(frame: bytes) -> tuple[int, list[Any]]:
         if type(values) is not list or len(values) != len(keys):
             _fail("MSET needs an array of values as long as its array of keys")
         _check_types(values, bytes, "value")
+        _check_ttl(args[2])
     elif op == MSET_SHM:
         keys, segment, lengths = _check_keys(args[0]), args[1], args[2]
         if type(segment) is not str or not _STAGING_SEGMENT.fullmatch(segment):
@@ -157,6 +173,7 @@ def parse_request(frame: bytes) -> tuple[int, list[Any]]:
         _check_types(lengths, int, "length")
         if lengths and min(lengths) < 0:
             _fail("MSET_SHM lengths must not be negative")
+        _check_ttl(args[3])
     elif op == KEYS and args[0] is not None and type(args[0]) is not str:
         _fail(f"prefix is {type(args[0]).__name__}, expected str or nil")
     return op, args

@@ -9,11 +9,12 @@ fewer cores than processes the writer may need the core), for up to
 :data:`GIVE_UP_S`; only a manager stalled that long, or killed mid-batch, sends the
 read to the manager instead.
 
-A proxy's reader is shared by its threads. What a lookup uses, the ``ctl`` and index
-mappings and their generation, is published as one tuple and replaced whole when the
-index grows; arena mappings are only ever added. Nothing is unmapped explicitly:
-a mapping goes when the last reference to it does, so a thread still inside a lookup
-keeps what it is reading, and no thread ever finds a mapping released under it.
+A proxy's reader is shared by its threads. What a lookup uses, the ``ctl``, index
+and visited-byte mappings and their generation, is published as one tuple and
+replaced whole when the index grows; arena mappings are only ever added. Nothing is
+unmapped explicitly: a mapping goes when the last reference to it does, so a thread
+still inside a lookup keeps what it is reading, and no thread ever finds a mapping
+released under it.
 
 Direct reads are on where the layout's memory-ordering argument holds, x86-64, unless
 the store's owner turned them off (:mod:`shmstore._options`).
@@ -29,6 +30,7 @@ from . import _hot
 from . import _layout as L
 from ._limits import Limits
 from ._options import Options
+from ._policy import Policy
 from ._segment import Segment
 
 __all__ = ["GIVE_UP_S", "DirectReader", "read_header"]
@@ -80,14 +82,16 @@ class DirectReader:
             raise ValueError(f"segment {L.ctl_name(prefix)!r} is not a version {L.VERSION} store")
         self.options = Options.read(ctl)
         self.limits = _limits_in(ctl)
+        self.policy = Policy.read(ctl)
         self._hot = _hot.load(implementation or self.options.implementation)
         self._pidfd: _Pidfd | None = _Pidfd(ctl[L.W_MANAGER_PID])
         self._lock = threading.Lock()  # for mapping, the slow path only
         self._arenas: list[object] = [None]
-        self._state: tuple[memoryview, memoryview, int] | None = (
+        self._state: tuple[memoryview, memoryview, int, memoryview | None] | None = (
             ctl,
             L.no_index(),
             0,  # no index is generation 0: the first read maps the current one
+            None,
         )
         self.reads = self.retried = self.fell_back = 0
 
@@ -100,7 +104,9 @@ class DirectReader:
         if state is None or pidfd is None or not hot.manager_alive(pidfd.fd):
             return None
         self.reads += 1
-        found = hot.lookup(state[0], state[1], state[2], self._arenas, keys)
+        found = hot.lookup(
+            state[0], state[1], state[2], self._arenas, keys, state[3], time.monotonic_ns()
+        )
         if type(found) is list:
             return found
         return self._read_again(keys, found)
@@ -137,7 +143,9 @@ class DirectReader:
             state = self._state
             if state is None:
                 return None
-            found = hot.lookup(state[0], state[1], state[2], self._arenas, keys)
+            found = hot.lookup(
+                state[0], state[1], state[2], self._arenas, keys, state[3], time.monotonic_ns()
+            )
             if type(found) is list:
                 return found
 
@@ -156,7 +164,12 @@ class DirectReader:
                 capacity = len(slots) // (8 * L.SLOT_WORDS)
                 if capacity < 1 or capacity & (capacity - 1) or len(slots) % (8 * L.SLOT_WORDS):
                     raise ValueError("not a whole index")
-                self._state = (ctl, slots.cast("Q"), generation)
+                visited = None
+                if self.policy.sieve:
+                    visited = memoryview(
+                        Segment.open(L.visited_name(self._prefix, generation), writable=True).buf
+                    )
+                self._state = (ctl, slots.cast("Q"), generation, visited)
                 return
             arenas = self._arenas
             if what < len(arenas) and arenas[what] is not None:

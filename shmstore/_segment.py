@@ -84,17 +84,19 @@ class Segment:
         return cls(name, buf, shm.fd)
 
     @classmethod
-    def open(cls, name: str) -> Segment:
-        """Map an existing segment read-only.
+    def open(cls, name: str, writable: bool = False) -> Segment:
+        """Map an existing segment, read-only unless ``writable`` (proxies map only
+        the visited bytes and the reader table so; see :mod:`shmstore._layout`).
 
         :raises FileNotFoundError: no segment has that name (any more).
         """
         try:
-            shm = posix_ipc.SharedMemory(name, 0, read_only=True)
+            shm = posix_ipc.SharedMemory(name, 0, read_only=not writable)
         except posix_ipc.ExistentialError as exc:
             raise FileNotFoundError(errno.ENOENT, "no shared-memory segment", name) from exc
         try:
-            buf = mmap.mmap(shm.fd, shm.size, prot=mmap.PROT_READ)
+            prot = mmap.PROT_READ | mmap.PROT_WRITE if writable else mmap.PROT_READ
+            buf = mmap.mmap(shm.fd, shm.size, prot=prot)
         finally:
             shm.close_fd()
         return cls(name, buf, None)

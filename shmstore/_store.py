@@ -10,6 +10,7 @@ item never leaves half a batch applied.
 from __future__ import annotations
 
 import asyncio
+import os
 import reprlib
 import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -17,6 +18,7 @@ from typing import Any, TypeVar
 
 import msgpack
 
+from . import _layout as L
 from . import _protocol as proto
 from ._client import Client
 from ._errors import (
@@ -30,9 +32,12 @@ from ._errors import (
 from ._launcher import ManagerProcess
 from ._limits import Limits
 from ._options import Options
+from ._policy import Policy, ttl_ns
 from ._reader import DirectReader, read_header
 from ._runtime import StorePaths, claim, default_runtime_dir, new_name
+from ._segment import Segment
 from ._staging import Staged, Stager
+from ._stats import ReaderCounters, StoreStats, read_stats
 
 try:
     from langchain_core.stores import BaseStore
@@ -43,6 +48,11 @@ __all__ = ["SharedByteStore", "SharedStore"]
 
 V = TypeVar("V")
 _Self = TypeVar("_Self", bound="_SharedStoreBase[Any]")
+
+#: Counts the forks this process descends from: a proxy's reader-table slot belongs to
+#: the process that asked for it, and a forked child asks for its own.
+_forks = [0]
+os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
 
 _short = reprlib.Repr()
 _short.maxstring = _short.maxother = 60
@@ -71,6 +81,26 @@ def _key_list(keys: Iterable[Any]) -> list[str]:
     return key_list
 
 
+#: ``mset``'s ``ttl_s`` when not given: the store's default applies.
+_STORE_TTL: Any = object()
+
+
+def _ttl_arg(ttl_s: Any) -> int | None:
+    """``mset``'s ``ttl_s`` as the request carries it: ``None`` for the store's default,
+    else nanoseconds (0: never expires)."""
+    return None if ttl_s is _STORE_TTL else ttl_ns(ttl_s)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class _SharedStoreBase(BaseStore[str, V]):
     """What the two store classes share; they differ only in how values are encoded."""
 
@@ -85,9 +115,12 @@ class _SharedStoreBase(BaseStore[str, V]):
         max_value_bytes: int | None = None,
         max_batch_bytes: int | None = None,
         max_store_bytes: int | None = None,
+        eviction_policy: str = "none",
+        ttl_s: float | None = None,
         start_timeout_s: float = 10.0,
     ) -> None:
         limits = Limits.resolve(max_value_bytes, max_batch_bytes, max_store_bytes)
+        policy = Policy.resolve(eviction_policy, ttl_s)
         options = Options.from_environment()
         if not isinstance(segment_bytes, int) or segment_bytes < 1 << 20:
             raise ValueError(
@@ -103,6 +136,7 @@ class _SharedStoreBase(BaseStore[str, V]):
                 authkey,
                 limits=limits,
                 options=options,
+                policy=policy,
                 segment_bytes=segment_bytes,
                 start_timeout_s=start_timeout_s,
             )
@@ -125,6 +159,9 @@ class _SharedStoreBase(BaseStore[str, V]):
         self._client = Client(paths, authkey)
         self._reader: DirectReader | None = None
         self._reader_failed = -1  # the connection generation a reader last failed at
+        # This proxy's reader-table slot, and the (fork, connection) it was given for.
+        self._counters: ReaderCounters | None = None
+        self._counters_for = (-1, -1)
         self._stager = Stager(paths.segment_prefix)
         self._manager = manager
         # Stops the manager if the owner drops the store without closing it, or exits.
@@ -182,6 +219,7 @@ class _SharedStoreBase(BaseStore[str, V]):
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.close()
+        self._counters = None
         if self._stop_manager is not None:
             self._stop_manager()
 
@@ -276,13 +314,60 @@ class _SharedStoreBase(BaseStore[str, V]):
             if reader is None:
                 return None
         values = reader.get_many(keys)
-        if values is None and not reader.manager_alive:
+        if values is not None:
+            if self._counters_for != (_forks[0], self._client.generation):
+                self._open_counters()
+            counters = self._counters
+            if counters is not None:
+                counters.count(values)
+                return values
+            return None  # no slot to count in: the manager answers, and counts
+        if not reader.manager_alive:
             # Never serve a dead store's memory. The request the caller falls back to
             # raises, or, if the store was restarted under the same name, reaches the
             # new one, which the next read maps.
             self._reader = None
             reader.close()
         return values
+
+    def _open_counters(self) -> None:
+        """Ask the manager for this proxy's slot of the reader table, once per
+        connection and per process; none if the table is full."""
+        self._counters = None
+        slot = self._client.request(proto.pack([proto.READER]))
+        self._counters_for = (_forks[0], self._client.generation)
+        if type(slot) is int and slot >= 0:
+            try:
+                table = Segment.open(L.readers_name(self._paths.segment_prefix), writable=True)
+            except FileNotFoundError:
+                return  # the store has just stopped: the manager's absence will tell
+            self._counters = ReaderCounters(memoryview(table.buf).cast("Q"), slot)
+
+    def stats(self) -> StoreStats:
+        """The store's statistics, for all of its processes together (see
+        :class:`~shmstore.StoreStats`), read from its shared memory without a request.
+
+        :raises StoreClosedError: this proxy is closed.
+        :raises StoreNotFoundError: the store has stopped.
+        """
+        self._check_open()
+        prefix = self._paths.segment_prefix
+        try:
+            ctl = Segment.open(L.ctl_name(prefix))
+            readers = Segment.open(L.readers_name(prefix))
+        except FileNotFoundError:
+            raise StoreNotFoundError(f"store {self.name!r} has stopped") from None
+        header = memoryview(ctl.buf).cast("Q")
+        table = memoryview(readers.buf).cast("Q")
+        try:
+            if not _pid_alive(header[L.W_MANAGER_PID]):
+                raise StoreNotFoundError(f"store {self.name!r} has stopped")
+            return read_stats(header, table)
+        finally:
+            header.release()
+            table.release()
+            ctl.close()
+            readers.close()
 
     def _open_reader(self) -> DirectReader | None:
         generation = self._client.generation
@@ -322,7 +407,9 @@ class _SharedStoreBase(BaseStore[str, V]):
         self._check_open()
         return (keys, encoded) if keys else None
 
-    def _mset_request(self, keys: list[str], values: list[bytes]) -> tuple[bytes, Staged | None]:
+    def _mset_request(
+        self, keys: list[str], values: list[bytes], ttl: int | None
+    ) -> tuple[bytes, Staged | None]:
         """The request frame, and the staged values it names if they are large; a
         returned :class:`Staged` must be handed to ``self._stager.done``.
 
@@ -334,13 +421,16 @@ class _SharedStoreBase(BaseStore[str, V]):
         limits.check_batch(keys, sizes)
         total = sum(sizes)
         if total < options.stage_bytes:
-            return self._frame(proto.MSET, keys, values, limits=limits), None
+            return self._frame(proto.MSET, keys, values, ttl, limits=limits), None
         # Connected first: the manager then knows this process, and unlinks its staging
         # segments if it dies before the request arrives.
         self._client.connect()
         staged = self._stager.stage(values, total, self._client.generation)
         try:
-            return self._frame(proto.MSET_SHM, keys, staged.suffix, sizes, limits=limits), staged
+            return (
+                self._frame(proto.MSET_SHM, keys, staged.suffix, sizes, ttl, limits=limits),
+                staged,
+            )
         except BaseException:
             self._stager.done(staged, replied=False)
             raise
@@ -391,8 +481,14 @@ class _SharedStoreBase(BaseStore[str, V]):
             values = self._client.request(self._frame(proto.MGET, key_list))
         return self._decode_values(values)
 
-    def mset(self, key_value_pairs: Iterable[tuple[str, V]]) -> None:
+    def mset(
+        self, key_value_pairs: Iterable[tuple[str, V]], *, ttl_s: Any = _STORE_TTL
+    ) -> None:
         """Set the pairs, in order, so the last value of a repeated key wins.
+
+        :param ttl_s: seconds the batch lives (a positive number), ``None`` for ever;
+            default: the store's ``ttl_s``. The deadline is set when the manager
+            applies the batch, on ``CLOCK_MONOTONIC``, and reads do not extend it.
 
         The batch is atomic: a concurrent ``mget`` in any process sees all of its pairs
         or none, and a failed call applied none of them, except that a
@@ -409,11 +505,13 @@ class _SharedStoreBase(BaseStore[str, V]):
             past ``max_store_bytes`` (:class:`StoreTooLargeError`); nothing applied.
         :raises StoreFullError: ``/dev/shm`` has no room for it (nothing applied).
         :raises StoreConnectionError: the manager cannot be reached.
+        :raises ValueError: ``ttl_s`` is not ``None`` or a positive number.
         """
+        ttl = _ttl_arg(ttl_s)
         batch = self._mset_batch(key_value_pairs)
         if batch is None:
             return
-        self._send_mset(*self._mset_request(*batch))
+        self._send_mset(*self._mset_request(*batch, ttl))
 
     def mdelete(self, keys: Iterable[str]) -> None:
         """Delete ``keys``; keys that are not in the store are ignored. Atomic like ``mset``.
@@ -444,14 +542,17 @@ class _SharedStoreBase(BaseStore[str, V]):
             values = await self._arequest(self._frame(proto.MGET, key_list))
         return self._decode_values(values)
 
-    async def amset(self, key_value_pairs: Iterable[tuple[str, V]]) -> None:
+    async def amset(
+        self, key_value_pairs: Iterable[tuple[str, V]], *, ttl_s: Any = _STORE_TTL
+    ) -> None:
         """Async :meth:`mset`: one executor hop per call."""
+        ttl = _ttl_arg(ttl_s)
         batch = self._mset_batch(key_value_pairs)
         if batch is None:
             return
         # The staged values are released on the executor's thread, once the request is
         # over, even if the awaiting task is cancelled.
-        frame, staged = self._mset_request(*batch)
+        frame, staged = self._mset_request(*batch, ttl)
         await asyncio.get_running_loop().run_in_executor(None, self._send_mset, frame, staged)
 
     async def amdelete(self, keys: Iterable[str]) -> None:
@@ -496,6 +597,14 @@ class SharedByteStore(_SharedStoreBase[bytes]):
         (default 1 GiB); it also bounds every request the manager reads.
     :param max_store_bytes: most bytes of keys and values the store holds at once
         (default: three quarters of the size of ``/dev/shm``).
+    :param eviction_policy: ``"none"`` (default: a write that would take the store
+        past ``max_store_bytes`` raises :class:`StoreTooLargeError`, as a store should)
+        or ``"sieve"`` (it evicts entries first, in the same atomic write, so the bound
+        always holds; only a batch whose own keys and values exceed it raises). See
+        the README's "A bounded cache".
+    :param ttl_s: seconds each write lives by default (a positive number; ``None``,
+        the default: for ever); ``mset(..., ttl_s=...)`` overrides it per batch. An
+        expired entry is a miss for every process at once and is never listed.
     :param start_timeout_s: seconds to wait for the manager to start (default 10).
     :raises StoreError: the manager could not be started; nothing is left running.
     :raises StorePermissionError: the runtime directory is not private to this user.

@@ -1,6 +1,9 @@
 """The manager's key-value state, in shared memory (layout: :mod:`shmstore._layout`):
 the header, an :class:`~shmstore._index.Index` and an :class:`~shmstore._arena.Arena`,
-changed one batch at a time by the hot functions (:mod:`shmstore._hot`).
+changed one batch at a time by the hot functions (:mod:`shmstore._hot`), with the
+cache policy's state in the manager's memory: the SIEVE queue
+(:class:`~shmstore._sieve.Sieve`) and the deadlines of entries that expire
+(:class:`~shmstore._expiry.Deadlines`).
 
 Only the manager writes, one batch at a time under its table lock, so the methods here
 need no lock of their own. Before a batch changes anything, the index is grown and
@@ -8,23 +11,29 @@ every arena byte the batch could need is reserved, so running out of ``/dev/shm`
 raises :class:`StoreFullError` with nothing of the batch applied. Then the batch's
 entries are written into blocks no slot points at, and only the slot changes happen
 inside the write window, under the stripes of the batch's keys, so readers of other
-keys never notice the batch at all.
+keys never notice the batch at all. Entries a batch evicts, and expired ones it
+reclaims, are removed in that same window, so a reader sees the batch and the room
+made for it together, and the store never holds more than ``max_store_bytes``.
 """
 
 from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Collection, Sequence
 
 from . import _hot
 from . import _layout as L
 from ._arena import Arena
 from ._errors import StoreTooLargeError
+from ._expiry import Deadlines
 from ._index import Index
 from ._limits import Limits
 from ._options import Options
+from ._policy import Policy
 from ._segment import Segment, unlink_segment
+from ._sieve import Sieve
 
 # typing is imported for the type checker only: the manager imports this module, and
 # at run time typing would cost that process memory for nothing.
@@ -57,6 +66,8 @@ class Table:
     :param options: the store's data-path options, published in the header for every
         proxy; ``options.implementation`` names the hot functions used here too
         (default: from this process's environment).
+    :param policy: the store's cache policy, published in the header (default: no
+        eviction, no time to live).
     """
 
     def __init__(
@@ -65,9 +76,11 @@ class Table:
         arena_bytes: int = ARENA_BYTES,
         limits: Limits | None = None,
         options: Options | None = None,
+        policy: Policy | None = None,
     ) -> None:
         self._limits = limits or Limits.resolve()
         options = options or Options.from_environment()
+        self.policy = policy = policy or Policy.resolve()
         self._hot = hot = _hot.load(options.implementation)
         self._ctl = Segment.create(L.ctl_name(prefix), L.CTL_BYTES)
         try:
@@ -80,24 +93,35 @@ class Table:
             header[L.W_MAX_STORE_BYTES] = self._limits.max_store_bytes
             header[L.W_MANAGER_PID] = os.getpid()
             options.publish(header)
-            self.index = Index(prefix, header, hot)
+            policy.publish(header)
+            self.index = Index(prefix, header, hot, visited=policy.sieve)
         except BaseException:
             self._ctl.close()
             unlink_segment(self._ctl.name)
             raise
         self.arena = Arena(prefix, arena_bytes)
         self._live = self._live_bytes = self._next_order = 0
+        self._sieve = Sieve() if policy.sieve else None
+        self._deadlines = Deadlines()
+
+    @property
+    def header(self) -> memoryview:
+        """The store's ``ctl`` words (header and stripes)."""
+        return self._header
 
     # -- reads (the manager's own, for proxies that cannot read directly) --------------
 
     def get_many(self, keys: list[str]) -> list[bytes | None]:
         """The value of each key in order, ``None`` for a miss; duplicates are kept."""
-        index = self.index
+        index, header = self.index, self._header
         found = self._hot.lookup(
-            self._header, index.slots, index.generation, self.arena.buffers,
-            _encode(keys),
+            header, index.slots, index.generation, self.arena.buffers,
+            _encode(keys), index.visited, time.monotonic_ns(),
         )
         assert type(found) is list, "no write is under way while the table lock is held"
+        misses = found.count(None)
+        header[L.W_HITS] += len(found) - misses
+        header[L.W_MISSES] += misses
         return found
 
     def keys(self, prefix: str | None) -> list[str]:
@@ -106,9 +130,11 @@ class Table:
         refs = slots[L.S_REF :: L.SLOT_WORDS].tolist()
         orders = slots[L.S_ORDER :: L.SLOT_WORDS].tolist()
         lengths = slots[L.S_HASH_KLEN :: L.SLOT_WORDS].tolist()
+        expires = slots[L.S_EXPIRES :: L.SLOT_WORDS].tolist()
+        now = time.monotonic_ns()
         found = []
         for i, ref in enumerate(refs):
-            if ref > L.DELETED:
+            if ref > L.DELETED and not 0 < expires[i] <= now:
                 off = ref & L.OFFSET_MASK
                 buf = buffers[ref >> L.OFFSET_BITS]
                 found.append((orders[i], buf[off : off + (lengths[i] >> 32)]))  # type: ignore[index]
@@ -123,6 +149,7 @@ class Table:
         keys: Sequence[str],
         values: Sequence[Any],
         acknowledge: Callable[[], None] | None = None,
+        ttl_ns: int | None = None,
     ) -> None:
         """Store the pairs in order, so the last value of a repeated key wins.
 
@@ -136,23 +163,47 @@ class Table:
             applied). A reader that starts after the call
             finds those stripes odd until the whole batch is in, so it never misses
             what was acknowledged. It must not raise.
+        :param ttl_ns: the batch's time to live in ns, 0 for none; ``None``: the
+            policy's default. The deadline is taken now.
         :raises LimitExceededError: a value, the batch or the store would be over its
-            limit (the subclass names which); nothing was applied.
+            limit (the subclass names which; with SIEVE eviction, only a batch whose
+            own keys and values are over ``max_store_bytes``); nothing was applied.
         :raises StoreFullError: ``/dev/shm`` cannot hold the batch; nothing was applied.
         """
         hot, arena, index = self._hot, self.arena, self.index
         encoded = _encode(keys)
         lengths = list(map(len, values))  # values are bytes or 1-D byte memoryviews
         self._limits.check_batch(keys, lengths)
+        now = time.monotonic_ns()
+        ttl = self.policy.ttl_ns if ttl_ns is None else ttl_ns
+        expires = now + ttl if ttl else 0
         used = list(map(operator.add, map(len, encoded), lengths))
         added = sum(used)
-        if self._live_bytes + added > self._limits.max_store_bytes:
-            total = self._live_bytes + self._growth(encoded, lengths)
-            if total > self._limits.max_store_bytes:
-                raise StoreTooLargeError(
-                    f"the store would hold {total} bytes of keys and values, over "
-                    f"max_store_bytes={self._limits.max_store_bytes}"
+        # Expired entries are reclaimed by the first write after their deadline, in its
+        # window; one of the batch's own keys then comes back as a new key.
+        expired, expired_bytes = self._expired(now)
+        removed, evicted = expired, 0
+        sieve = self._sieve
+        new_keys: list[bytes] = []
+        room = self._limits.max_store_bytes - self._live_bytes + expired_bytes
+        if sieve is not None or added > room:
+            final = dict(zip(encoded, lengths, strict=True))
+            growth, new_keys = self._growth(final, set(expired))
+            over = growth - room
+            if over > 0:
+                own = sum(map(len, final)) + sum(final.values())
+                if sieve is None or own > self._limits.max_store_bytes:
+                    total = self._live_bytes - expired_bytes + growth
+                    raise StoreTooLargeError(
+                        f"the store would hold {total if sieve is None else own} bytes of keys "
+                        f"and values, over max_store_bytes={self._limits.max_store_bytes}"
+                    )
+                protected: Collection[bytes] = final.keys() | set(expired) if expired else final
+                assert index.visited is not None
+                victims, _ = sieve.select(
+                    over, protected, self._slots_of, index.slots, index.visited
                 )
+                removed, evicted = expired + victims, len(victims)
         sizes = arena.entry_sizes(used)
         index.make_room(self._live, len(encoded))
         arena.make_room(sum(sizes))
@@ -166,23 +217,34 @@ class Table:
         owned = type(values) is list and set(map(type, values)) <= {bytes}
         if not owned:
             hot.place(arena.buffers, refs, encoded, values)
-        hot.stripes_enter(self._header, encoded)
+        window = encoded + removed if removed else encoded
+        hot.stripes_enter(self._header, window)
         try:
             if acknowledge is not None:
                 acknowledge()
             if owned:
                 hot.place(arena.buffers, refs, encoded, values)
+            if removed:
+                self._remove(removed)
+                self._header[L.W_EVICTIONS] += evicted
+                self._header[L.W_EXPIRATIONS] += len(removed) - evicted
             inserted, reused, freed_refs, freed_used = hot.index_set(
-                index.slots, arena.buffers, encoded, refs, lengths, self._next_order
+                index.slots, arena.buffers, encoded, refs, lengths, self._next_order,
+                expires, index.visited,
             )
             arena.release(freed_refs, freed_used)
             index.used += inserted - reused
             self._live += inserted
             self._live_bytes += added - sum(freed_used)
             self._next_order += len(refs)
+            self._header[L.W_SETS] += len(encoded)
             self._publish_counts()
+            if sieve is not None:
+                sieve.insert(new_keys)
+            if expires:
+                self._deadlines.add(expires, encoded)
         finally:
-            hot.stripes_exit(self._header, encoded)
+            hot.stripes_exit(self._header, window)
 
     def delete_many(self, keys: list[str]) -> None:
         """Remove the keys; missing ones are ignored."""
@@ -190,15 +252,31 @@ class Table:
         hot = self._hot
         hot.stripes_enter(self._header, encoded)
         try:
-            freed_refs, freed_used = hot.index_delete(
-                self.index.slots, self.arena.buffers, encoded
-            )
-            self.arena.release(freed_refs, freed_used)
-            self._live -= len(freed_refs)
-            self._live_bytes -= sum(freed_used)
-            self._publish_counts()
+            self._header[L.W_DELETES] += self._remove(encoded)
         finally:
             hot.stripes_exit(self._header, encoded)
+
+    def next_deadline_before(self, deadline: int) -> bool:
+        """Whether an entry's deadline earlier than ``deadline`` is recorded."""
+        recorded = self._deadlines.next
+        return recorded is not None and recorded < deadline
+
+    def sweep(self, limit: int = 4096) -> int | None:
+        """Reclaim up to about ``limit`` expired entries, in one write window (the
+        manager's periodic sweep, so an idle store does not hold expired data).
+
+        :returns: the next deadline recorded (``time.monotonic_ns()``), or ``None``.
+        """
+        expired, _ = self._expired(time.monotonic_ns(), limit)
+        if expired:
+            hot = self._hot
+            hot.stripes_enter(self._header, expired)
+            try:
+                self._remove(expired)
+                self._header[L.W_EXPIRATIONS] += len(expired)
+            finally:
+                hot.stripes_exit(self._header, expired)
+        return self._deadlines.next
 
     def close(self) -> None:
         """Unmap and unlink every segment of the store."""
@@ -216,13 +294,51 @@ class Table:
         header[L.W_LIVE_BYTES] = self._live_bytes
         header[L.W_NEXT_ORDER] = self._next_order
 
-    def _growth(self, encoded: list[bytes], lengths: list[int]) -> int:
-        """Exactly how many bytes of keys and values the batch would add (overwrites
-        replace, and the last value of a repeated key wins)."""
-        final = dict(zip(encoded, lengths, strict=True))
-        found = self._hot.find(self.index.slots, self.arena.buffers, list(final))
+    def _remove(self, encoded: list[bytes]) -> int:
+        """Delete the keys that are in the index, inside a write window open on their
+        stripes; how many were."""
+        freed_refs, freed_used = self._hot.index_delete(
+            self.index.slots, self.arena.buffers, encoded
+        )
+        self.arena.release(freed_refs, freed_used)
+        self._live -= len(freed_refs)
+        self._live_bytes -= sum(freed_used)
+        if self._sieve is not None:
+            self._sieve.remove(encoded)
+        self._publish_counts()
+        return len(freed_refs)
+
+    def _slots_of(self, encoded: list[bytes]) -> list[int]:
+        return self._hot.find(self.index.slots, self.arena.buffers, encoded)  # type: ignore[no-any-return]
+
+    def _expired(self, now: int, limit: int | None = None) -> tuple[list[bytes], int]:
+        """The keys whose entry has expired by ``now`` (each once), and their bytes of
+        keys and values; they are forgotten by the deadlines, so the caller must
+        reclaim them."""
+        deadline = self._deadlines.next
+        if deadline is None or deadline > now:
+            return [], 0
+        candidates = list(dict.fromkeys(self._deadlines.due(now, limit)))
+        slots = self.index.slots
+        expired, used = [], 0
+        for kb, i in zip(candidates, self._slots_of(candidates), strict=True):
+            if i >= 0 and 0 < slots[i * L.SLOT_WORDS + L.S_EXPIRES] <= now:
+                expired.append(kb)
+                used += len(kb) + slots[i * L.SLOT_WORDS + L.S_VLEN]
+        return expired, used
+
+    def _growth(self, final: dict[bytes, int], expired: set[bytes]) -> tuple[int, list[bytes]]:
+        """Exactly how many bytes of keys and values the batch (``final``: each key's
+        last value length, in order of first appearance) would add once ``expired``
+        is reclaimed, and its new keys, in order."""
+        found = self._slots_of(list(final))
         slots = self.index.slots
         growth = 0
+        new_keys = []
         for (kb, n), i in zip(final.items(), found, strict=True):
-            growth += n - slots[i * L.SLOT_WORDS + L.S_VLEN] if i >= 0 else len(kb) + n
-        return growth
+            if i >= 0 and kb not in expired:
+                growth += n - slots[i * L.SLOT_WORDS + L.S_VLEN]
+            else:
+                growth += len(kb) + n
+                new_keys.append(kb)
+        return growth, new_keys

@@ -129,7 +129,7 @@ def test_huge_length_prefix_is_refused_without_allocating(byte_store, header):
 
 
 def test_frame_cut_off_midway_applies_nothing(byte_store):
-    frame = msgpack.packb([2, ["half"], [b"x" * 1000]], use_bin_type=True)
+    frame = msgpack.packb([2, ["half"], [b"x" * 1000], None], use_bin_type=True)
     peer = _peer(byte_store)
     os.write(peer.fileno(), struct.pack("!i", len(frame)) + frame[: len(frame) // 2])
     peer.close()  # as a killed client would
@@ -157,7 +157,7 @@ def test_peer_that_never_reads_its_replies_blocks_nobody(byte_store):
     # there, holding up every other client.
     peer = _peer(byte_store)
     try:
-        frame = msgpack.packb([2, ["k"], [b"v"]], use_bin_type=True)
+        frame = msgpack.packb([2, ["k"], [b"v"], None], use_bin_type=True)
         message = struct.pack("!i", len(frame)) + frame
         os.set_blocking(peer.fileno(), False)
         with contextlib.suppress(BlockingIOError):

@@ -106,7 +106,7 @@ def test_store_limit_counts_keys_and_values_and_lets_overwrites_replace(limited_
 
 def test_manager_enforces_limits_a_client_did_not_check(limited_store):
     # A request that skipped the proxy's own check, as a buggy or hostile peer's would.
-    frame = _protocol.pack([_protocol.MSET, ["a", "b"], [b"x", b"x" * 1001]])
+    frame = _protocol.pack([_protocol.MSET, ["a", "b"], [b"x", b"x" * 1001], None])
     with pytest.raises(shmstore.ValueTooLargeError, match="max_value_bytes"):
         limited_store._client.request(frame)
     assert limited_store.mget(["a", "b"]) == [None, None]

@@ -18,11 +18,12 @@
 /* The layout: must equal shmstore/_layout.py (tests/test_hot.py checks). */
 #define HEADER_WORDS 512
 #define STRIPES 16384
-#define SLOT_WORDS 4
+#define SLOT_WORDS 5
 #define S_HASH_KLEN 0
 #define S_REF 1
 #define S_VLEN 2
 #define S_ORDER 3
+#define S_EXPIRES 4
 #define W_INDEX_GEN 2
 #define REF_EMPTY 0
 #define REF_DELETED 1
@@ -77,6 +78,28 @@ typedef struct {
     Py_ssize_t n; /* words */
     Py_buffer view;
 } Words;
+
+/* A store's visited bytes (SIEVE), one per index slot; bytes NULL where there are none. */
+typedef struct {
+    unsigned char *bytes;
+    Py_ssize_t n;
+    Py_buffer view;
+} Marks;
+
+static int marks_get(PyObject *obj, Marks *m) {
+    m->bytes = NULL;
+    m->n = 0;
+    if (obj == NULL || obj == Py_None) return 0;
+    if (PyObject_GetBuffer(obj, &m->view, PyBUF_WRITABLE) < 0) return -1;
+    m->bytes = (unsigned char *)m->view.buf;
+    m->n = m->view.len;
+    return 0;
+}
+
+static void marks_release(Marks *m) {
+    if (m->bytes) PyBuffer_Release(&m->view);
+    m->bytes = NULL;
+}
 
 static int words_get(PyObject *obj, Words *w, int writable) {
     if (PyObject_GetBuffer(obj, &w->view, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0)
@@ -206,7 +229,7 @@ static int capacity_mask(Words *slots, uint64_t *mask) {
  * value's bytes, or None for a miss) and returns 0; or returns TORN, or the positive
  * id of an arena segment not mapped here, or -3 with an exception set. */
 static long read_one(Words *slots, uint64_t mask, Arenas *arenas, const unsigned char *kp,
-                     Py_ssize_t klen, uint32_t h, PyObject **value) {
+                     Py_ssize_t klen, uint32_t h, Marks *visited, uint64_t now, PyObject **value) {
     uint64_t want = (uint64_t)h | ((uint64_t)klen << 32);
     uint64_t i = h & mask;
     for (uint64_t step = 0; step <= mask; step++, i = (i + 1) & mask) {
@@ -228,6 +251,15 @@ static long read_one(Words *slots, uint64_t mask, Arenas *arenas, const unsigned
             vlen > (uint64_t)size - off - (uint64_t)klen)
             return TORN;
         if (memcmp(base + off, kp, klen) != 0) continue;
+        uint64_t expires = LOAD(&slot[S_EXPIRES]);
+        if (expires && now >= expires) { /* expired: a miss for every reader */
+            Py_INCREF(Py_None);
+            *value = Py_None;
+            return 0;
+        }
+        /* A hit: mark the slot visited for SIEVE, once (a byte already set is only
+         * read, so its cache line stays shared). */
+        if (visited->bytes && i < (uint64_t)visited->n && !visited->bytes[i]) visited->bytes[i] = 1;
         *value = PyBytes_FromStringAndSize((const char *)base + off + klen, (Py_ssize_t)vlen);
         return *value ? 0 : -3;
     }
@@ -235,29 +267,43 @@ static long read_one(Words *slots, uint64_t mask, Arenas *arenas, const unsigned
 }
 
 static PyObject *lookup(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 5) {
-        PyErr_SetString(PyExc_TypeError, "lookup(ctl, slots, generation, arenas, keys)");
+    if (nargs < 5 || nargs > 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "lookup(ctl, slots, generation, arenas, keys, visited=None, now=0)");
         return NULL;
     }
     PyObject *keys = args[4];
     uint64_t generation = PyLong_AsUnsignedLongLong(args[2]);
     if (generation == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    uint64_t now = 0;
+    if (nargs > 6) {
+        now = PyLong_AsUnsignedLongLong(args[6]);
+        if (now == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    }
     if (check_list(keys, "keys") < 0) return NULL;
     Words ctl, slots;
     Arenas arenas;
-    if (words_get(args[0], &ctl, 0) < 0) return NULL;
+    Marks visited;
+    if (marks_get(nargs > 5 ? args[5] : NULL, &visited) < 0) return NULL;
+    if (words_get(args[0], &ctl, 0) < 0) {
+        marks_release(&visited);
+        return NULL;
+    }
     if (ctl.n < HEADER_WORDS + STRIPES) {
         PyBuffer_Release(&ctl.view);
+        marks_release(&visited);
         PyErr_SetString(PyExc_ValueError, "ctl is too short");
         return NULL;
     }
     if (words_get(args[1], &slots, 0) < 0) {
         PyBuffer_Release(&ctl.view);
+        marks_release(&visited);
         return NULL;
     }
     if (arenas_init(&arenas, args[3], 0) < 0) {
         PyBuffer_Release(&ctl.view);
         PyBuffer_Release(&slots.view);
+        marks_release(&visited);
         return NULL;
     }
     PyObject *result = NULL, *out = NULL, *keep = NULL;
@@ -302,7 +348,7 @@ static PyObject *lookup(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         stripes[k] = s;
         versions[k] = v;
         PyObject *value = NULL;
-        code = read_one(&slots, mask, &arenas, kp, klen, h, &value);
+        code = read_one(&slots, mask, &arenas, kp, klen, h, &visited, now, &value);
         if (code == -3) goto done;
         if (code) goto done;
         PyList_SET_ITEM(out, k, value);
@@ -328,6 +374,7 @@ done:
     arenas_release(&arenas);
     PyBuffer_Release(&slots.view);
     PyBuffer_Release(&ctl.view);
+    marks_release(&visited);
     return result;
 }
 
@@ -486,8 +533,9 @@ static int append_pair(PyObject *refs, PyObject *sizes, uint64_t ref, uint64_t s
 }
 
 static PyObject *index_set(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError, "index_set(slots, arenas, keys, refs, vlens, first_order)");
+    if (nargs < 6 || nargs > 8) {
+        PyErr_SetString(PyExc_TypeError,
+                        "index_set(slots, arenas, keys, refs, vlens, first_order, expires=0, visited=None)");
         return NULL;
     }
     PyObject *keys = args[2], *refs = args[3], *vlens = args[4];
@@ -500,7 +548,15 @@ static PyObject *index_set(PyObject *self, PyObject *const *args, Py_ssize_t nar
     }
     uint64_t order = PyLong_AsUnsignedLongLong(args[5]);
     if (order == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    uint64_t expires = 0;
+    if (nargs > 6) {
+        expires = PyLong_AsUnsignedLongLong(args[6]);
+        if (expires == (uint64_t)-1 && PyErr_Occurred()) return NULL;
+    }
+    Marks visited;
+    if (marks_get(nargs > 7 ? args[7] : NULL, &visited) < 0) return NULL;
     Writer w;
+    w.have_slots = w.have_arenas = 0;
     PyObject *freed_refs = PyList_New(0), *freed_sizes = PyList_New(0), *result = NULL;
     long inserted = 0, reused = 0;
     if (!freed_refs || !freed_sizes || writer_open(&w, args[0], args[1], 1) < 0) goto done;
@@ -521,6 +577,9 @@ static PyObject *index_set(PyObject *self, PyObject *const *args, Py_ssize_t nar
             STORE(&slot[S_HASH_KLEN], (uint64_t)h | ((uint64_t)klen << 32));
             STORE(&slot[S_VLEN], vlen);
             STORE(&slot[S_ORDER], order);
+            STORE(&slot[S_EXPIRES], expires);
+            uint64_t at = (uint64_t)(-i - 1);
+            if (visited.bytes && at < (uint64_t)visited.n) visited.bytes[at] = 0; /* a new key starts unvisited */
             STORE(&slot[S_REF], ref); /* REF last: see _layout */
             inserted++;
             continue;
@@ -529,11 +588,13 @@ static PyObject *index_set(PyObject *self, PyObject *const *args, Py_ssize_t nar
         if (append_pair(freed_refs, freed_sizes, slot[S_REF], (uint64_t)klen + slot[S_VLEN]) < 0)
             goto done;
         STORE(&slot[S_VLEN], vlen);
+        STORE(&slot[S_EXPIRES], expires);
         STORE(&slot[S_REF], ref);
     }
     result = Py_BuildValue("llOO", inserted, reused, freed_refs, freed_sizes);
 done:
     writer_close(&w);
+    marks_release(&visited);
     Py_XDECREF(freed_refs);
     Py_XDECREF(freed_sizes);
     return result;
@@ -622,11 +683,12 @@ done:
 }
 
 static PyObject *rebuild(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "rebuild(old, new)");
+    if (nargs != 2 && nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "rebuild(old, new, old_visited=None, new_visited=None)");
         return NULL;
     }
     Words old, new_;
+    Marks old_marks = {NULL, 0, {0}}, new_marks = {NULL, 0, {0}};
     uint64_t mask;
     if (words_get(args[0], &old, 0) < 0) return NULL;
     if (words_get(args[1], &new_, 1) < 0) {
@@ -634,12 +696,15 @@ static PyObject *rebuild(PyObject *self, PyObject *const *args, Py_ssize_t nargs
         return NULL;
     }
     long live = 0;
-    if (capacity_mask(&new_, &mask) < 0) {
+    if (nargs == 4 && (marks_get(args[2], &old_marks) < 0 || marks_get(args[3], &new_marks) < 0)) {
+        live = -1;
+    } else if (capacity_mask(&new_, &mask) < 0) {
         PyErr_SetString(PyExc_ValueError, "the index's capacity is not a power of two");
         live = -1;
     } else {
         Py_ssize_t slots = old.n / SLOT_WORDS;
-        /* The new index is empty and nobody reads it yet: no ordering needed. */
+        /* The new index is empty and nobody reads it yet: no ordering needed. A slot's
+         * visited byte moves with it. */
         Py_BEGIN_ALLOW_THREADS
         for (Py_ssize_t s = 0; s < slots; s++) {
             uint64_t *from = old.words + s * SLOT_WORDS;
@@ -647,10 +712,14 @@ static PyObject *rebuild(PyObject *self, PyObject *const *args, Py_ssize_t nargs
             uint64_t i = from[S_HASH_KLEN] & 0xFFFFFFFFu & mask;
             while (new_.words[i * SLOT_WORDS + S_REF] != REF_EMPTY) i = (i + 1) & mask;
             memcpy(new_.words + i * SLOT_WORDS, from, SLOT_WORDS * 8);
+            if (new_marks.bytes && (Py_ssize_t)i < new_marks.n)
+                new_marks.bytes[i] = old_marks.bytes && s < old_marks.n ? old_marks.bytes[s] : 0;
             live++;
         }
         Py_END_ALLOW_THREADS
     }
+    marks_release(&old_marks);
+    marks_release(&new_marks);
     PyBuffer_Release(&old.view);
     PyBuffer_Release(&new_.view);
     return live < 0 ? NULL : PyLong_FromLong(live);
@@ -658,7 +727,7 @@ static PyObject *rebuild(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 
 static PyMethodDef methods[] = {
     {"lookup", (PyCFunction)(void (*)(void))lookup, METH_FASTCALL,
-     "lookup(ctl, slots, generation, arenas, keys): see fallback.lookup"},
+     "lookup(ctl, slots, generation, arenas, keys, visited=None, now=0): see fallback.lookup"},
     {"manager_alive", manager_alive, METH_O, "manager_alive(pidfd): see fallback"},
     {"key_hash", key_hash, METH_O, "key_hash(key_bytes): CRC-32, as zlib.crc32"},
     {"find", (PyCFunction)(void (*)(void))find, METH_FASTCALL, "see fallback.find"},
@@ -689,9 +758,9 @@ PyMODINIT_FUNC PyInit__chot(void) {
     if (PyModule_AddIntConstant(m, "TORN", TORN) < 0 || PyModule_AddIntConstant(m, "STALE", STALE) < 0)
         goto fail;
     PyObject *layout = Py_BuildValue(
-        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "HEADER_WORDS", HEADER_WORDS, "STRIPES",
+        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "HEADER_WORDS", HEADER_WORDS, "STRIPES",
         STRIPES, "SLOT_WORDS", SLOT_WORDS, "S_HASH_KLEN", S_HASH_KLEN, "S_REF", S_REF, "S_VLEN",
-        S_VLEN, "S_ORDER", S_ORDER, "W_INDEX_GEN", W_INDEX_GEN, "EMPTY", REF_EMPTY, "DELETED",
+        S_VLEN, "S_ORDER", S_ORDER, "S_EXPIRES", S_EXPIRES, "W_INDEX_GEN", W_INDEX_GEN, "EMPTY", REF_EMPTY, "DELETED",
         REF_DELETED, "OFFSET_BITS", OFFSET_BITS);
     if (!layout || PyModule_AddObject(m, "LAYOUT", layout) < 0) {
         Py_XDECREF(layout);

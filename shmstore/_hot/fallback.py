@@ -58,11 +58,23 @@ _GEN = L.W_INDEX_GEN
 
 
 def lookup(
-    ctl: memoryview, slots: memoryview, generation: int, arenas: list[Any], keys: list[Any]
+    ctl: memoryview,
+    slots: memoryview,
+    generation: int,
+    arenas: list[Any],
+    keys: list[Any],
+    visited: Any = None,
+    now: int = 0,
 ) -> list[bytes | None] | int:
     """Each key's value (``bytes``) or ``None``, as of one moment; or :data:`TORN`,
     :data:`STALE`, or a positive arena segment id that ``arenas`` lacks (map it and
-    read again). Never raises on what it reads: every offset and length is checked."""
+    read again). Never raises on what it reads: every offset and length is checked.
+
+    :param visited: the store's visited bytes (a writable buffer, one byte per slot),
+        or ``None``: a hit sets its slot's byte, if not set yet (SIEVE).
+    :param now: ``time.monotonic_ns()``: an entry whose EXPIRES is set and not after
+        ``now`` is a miss.
+    """
     mask = len(slots) // _W - 1
     if mask < 0 or mask & (mask + 1):
         return TORN  # not a power of two of slots: not an index the manager made
@@ -104,6 +116,12 @@ def lookup(
                 if end > len(buf):
                     return TORN
                 if buf[off : off + klen] == kb:
+                    expires = slots[base + 4]
+                    if expires and now >= expires:
+                        append(None)  # expired: a miss for every reader
+                        break
+                    if visited is not None and i < len(visited) and not visited[i]:
+                        visited[i] = 1
                     append(buf[off + klen : end])
                     break
             i = (i + 1) & mask
@@ -186,11 +204,15 @@ def index_set(
     refs: list[int],
     vlens: list[int],
     first_order: int,
+    expires: int = 0,
+    visited: Any = None,
 ) -> tuple[int, int, list[int], list[int]]:
     """Point each key's slot at its entry, in order (the last of a repeated key wins);
     a new key gets insertion number ``first_order + its position``, an overwritten one
-    keeps its own. Inside the write window (:func:`stripes_enter`); the index must have
-    room for every key.
+    keeps its own. Every slot written gets EXPIRES ``expires`` (a
+    ``time.monotonic_ns()`` deadline, 0: never); a new key's visited byte is cleared.
+    Inside the write window (:func:`stripes_enter`); the index must have room for
+    every key.
 
     :returns: ``(inserted, tombstones_reused, freed_refs, freed_sizes)``: the keys
         added, how many of them took a deleted slot, and the entries overwritten (their
@@ -229,6 +251,9 @@ def index_set(
             slots[base] = want
             slots[base + 2] = n
             slots[base + 3] = order
+            slots[base + 4] = expires
+            if visited is not None and -i - 1 < len(visited):
+                visited[-i - 1] = 0  # a new key starts unvisited
             slots[base + 1] = ref  # REF last: see _layout
             inserted += 1
             continue
@@ -236,6 +261,7 @@ def index_set(
         freed_refs.append(slots[base + 1])
         freed_sizes.append(klen + slots[base + 2])
         slots[base + 2] = n
+        slots[base + 4] = expires
         slots[base + 1] = ref
     return inserted, reused, freed_refs, freed_sizes
 
@@ -324,8 +350,12 @@ def _pad(n: int) -> bytes:
     return pad
 
 
-def rebuild(old: memoryview, new: memoryview) -> int:
-    """Copy the live slots of index ``old`` into the empty index ``new``; how many."""
+def rebuild(
+    old: memoryview, new: memoryview, old_visited: Any = None, new_visited: Any = None
+) -> int:
+    """Copy the live slots of index ``old`` into the empty index ``new``; how many. A
+    slot's visited byte moves with it, from ``old_visited`` to ``new_visited`` (buffers
+    of one byte per slot; none if ``new_visited`` is ``None``)."""
     mask = len(new) // _W - 1
     # Strided copies find the live slots at C speed; only those are re-inserted.
     refs = old[1::_W].tolist()
@@ -339,5 +369,9 @@ def rebuild(old: memoryview, new: memoryview) -> int:
                 i = (i + 1) & mask
             taken[i] = 1
             new[i * _W : i * _W + _W] = old[slot * _W : slot * _W + _W]
+            if new_visited is not None and i < len(new_visited):
+                new_visited[i] = (
+                    old_visited[slot] if old_visited is not None and slot < len(old_visited) else 0
+                )
             live += 1
     return live
