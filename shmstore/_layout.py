@@ -15,7 +15,9 @@ one aligned 8-byte access, which is atomic on x86-64.
     13 EVICTION (0 none, 1 sieve)  14 DEFAULT_TTL_NS (0: none)
     15 HITS  16 MISSES (of reads the manager answered, and of closed readers' slots)
     17 EVICTIONS  18 EXPIRATIONS  19 SETS  20 DELETES
-    21-511 reserved (zero)
+    21 STATS_SEQ (odd while a write changes words 3-5 and 15-20: a seqlock for
+       :func:`shmstore._stats.read_stats`, which only readers of statistics wait on)
+    22-511 reserved (zero)
 Words 10-12 are the store's data-path options (:mod:`shmstore._options`), set by its
 owner and read by every proxy, so every process of a store takes the same paths;
 13-14 its cache policy (:mod:`shmstore._policy`); 15-20 counters only the manager
@@ -119,6 +121,7 @@ W_MAX_VALUE_BYTES, W_MAX_BATCH_BYTES, W_MAX_STORE_BYTES, W_MANAGER_PID = 6, 7, 8
 W_DIRECT_READS, W_STAGE_BYTES, W_IMPLEMENTATION = 10, 11, 12
 W_EVICTION, W_DEFAULT_TTL_NS = 13, 14
 W_HITS, W_MISSES, W_EVICTIONS, W_EXPIRATIONS, W_SETS, W_DELETES = 15, 16, 17, 18, 19, 20
+W_STATS_SEQ = 21
 HEADER_WORDS = 512
 
 #: Stripe version words, after the header. 16,384 stripes (128 KiB): two batches of 64

@@ -62,6 +62,14 @@ class Sieve:
                 self._holes += 1
         if self._holes > _MIN_HOLES and self._holes > len(pos):
             self._compact()
+        # A hand left on a removed key moves on now, to the next key towards the head,
+        # or to the tail if that was the head: keys inserted later must not be met
+        # before the tail is.
+        queue = self._queue  # compacted, perhaps
+        hand, n = self._hand, len(queue)
+        while hand < n and queue[hand] is None:
+            hand += 1
+        self._hand = hand if hand < n else 0
 
     def select(
         self,

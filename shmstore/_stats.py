@@ -11,7 +11,9 @@ them.
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 from collections import namedtuple
 
 from . import _layout as L
@@ -75,25 +77,42 @@ class StoreStats(_Fields):
         return self.hits / asked if asked else 0.0
 
 
+#: Seconds :func:`read_stats` waits for a write in progress to finish.
+_STATS_WAIT_S = 0.1
+
+
 def read_stats(header: memoryview, readers: memoryview | None) -> StoreStats:
     """The statistics of the store whose ``ctl`` words are ``header`` and whose reader
     table, as words, is ``readers`` (``None``: not mapped; its slots are then left out).
-    Each counter is read once, so the figures are each exact but not of one moment."""
-    hits, misses = header[L.W_HITS], header[L.W_MISSES]
-    if readers is not None:
-        words = readers.tolist()
-        hits += sum(words[L.R_HITS :: L.READER_WORDS])
-        misses += sum(words[L.R_MISSES :: L.READER_WORDS])
+
+    The manager's counters are read as of one moment between writes (STATS_SEQ, a
+    seqlock only this waits on), so a write acknowledged before the call is counted;
+    a manager stalled mid-write for :data:`_STATS_WAIT_S` gives its figures as they
+    are. The proxies' hits and misses are added as each slot holds them then."""
+    deadline = None
+    while True:
+        seq = header[L.W_STATS_SEQ]
+        words = header[: L.W_STATS_SEQ].tolist()
+        slots = readers.tolist() if readers is not None else []
+        if not seq & 1 and header[L.W_STATS_SEQ] == seq:
+            break
+        if deadline is None:
+            deadline = time.monotonic() + _STATS_WAIT_S
+        elif time.monotonic() > deadline:
+            break
+        os.sched_yield()
+    hits = words[L.W_HITS] + sum(slots[L.R_HITS :: L.READER_WORDS])
+    misses = words[L.W_MISSES] + sum(slots[L.R_MISSES :: L.READER_WORDS])
     return StoreStats(
-        header[L.W_LIVE_KEYS],
-        header[L.W_LIVE_BYTES],
-        header[L.W_MAX_STORE_BYTES],
+        words[L.W_LIVE_KEYS],
+        words[L.W_LIVE_BYTES],
+        words[L.W_MAX_STORE_BYTES],
         hits,
         misses,
-        header[L.W_EVICTIONS],
-        header[L.W_EXPIRATIONS],
-        header[L.W_SETS],
-        header[L.W_DELETES],
+        words[L.W_EVICTIONS],
+        words[L.W_EXPIRATIONS],
+        words[L.W_SETS],
+        words[L.W_DELETES],
     )
 
 
@@ -149,9 +168,11 @@ class ReaderTable:
         if slot < 0 or words is None:
             return
         base = slot * L.READER_WORDS
+        header[L.W_STATS_SEQ] += 1  # a reader of statistics then reads the slot again
         header[L.W_HITS] += words[base + L.R_HITS]
         header[L.W_MISSES] += words[base + L.R_MISSES]
         words[base + L.R_HITS] = words[base + L.R_MISSES] = 0
+        header[L.W_STATS_SEQ] += 1
         self._free.append(slot)
 
     def close(self) -> None:

@@ -120,8 +120,10 @@ class Table:
         )
         assert type(found) is list, "no write is under way while the table lock is held"
         misses = found.count(None)
+        header[L.W_STATS_SEQ] += 1
         header[L.W_HITS] += len(found) - misses
         header[L.W_MISSES] += misses
+        header[L.W_STATS_SEQ] += 1
         return found
 
     def keys(self, prefix: str | None) -> list[str]:
@@ -200,9 +202,14 @@ class Table:
                     )
                 protected: Collection[bytes] = final.keys() | set(expired) if expired else final
                 assert index.visited is not None
-                victims, _ = sieve.select(
+                victims, freed = sieve.select(
                     over, protected, self._slots_of, index.slots, index.visited
                 )
+                if freed < over:  # cannot be, as the batch alone fits: never overshoot
+                    raise StoreTooLargeError(
+                        f"no room for the batch: {over - freed} bytes over "
+                        f"max_store_bytes={self._limits.max_store_bytes} after eviction"
+                    )
                 removed, evicted = expired + victims, len(victims)
         sizes = arena.entry_sizes(used)
         index.make_room(self._live, len(encoded))
@@ -219,6 +226,7 @@ class Table:
             hot.place(arena.buffers, refs, encoded, values)
         window = encoded + removed if removed else encoded
         hot.stripes_enter(self._header, window)
+        self._header[L.W_STATS_SEQ] += 1  # odd: statistics are changing
         try:
             if acknowledge is not None:
                 acknowledge()
@@ -244,6 +252,7 @@ class Table:
             if expires:
                 self._deadlines.add(expires, encoded)
         finally:
+            self._header[L.W_STATS_SEQ] += 1
             hot.stripes_exit(self._header, window)
 
     def delete_many(self, keys: list[str]) -> None:
@@ -251,9 +260,11 @@ class Table:
         encoded = _encode(keys)
         hot = self._hot
         hot.stripes_enter(self._header, encoded)
+        self._header[L.W_STATS_SEQ] += 1
         try:
             self._header[L.W_DELETES] += self._remove(encoded)
         finally:
+            self._header[L.W_STATS_SEQ] += 1
             hot.stripes_exit(self._header, encoded)
 
     def next_deadline_before(self, deadline: int) -> bool:
@@ -271,10 +282,12 @@ class Table:
         if expired:
             hot = self._hot
             hot.stripes_enter(self._header, expired)
+            self._header[L.W_STATS_SEQ] += 1
             try:
                 self._remove(expired)
                 self._header[L.W_EXPIRATIONS] += len(expired)
             finally:
+                self._header[L.W_STATS_SEQ] += 1
                 hot.stripes_exit(self._header, expired)
         return self._deadlines.next
 

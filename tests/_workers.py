@@ -593,3 +593,46 @@ def read_from_threads(store, keys: list[str], threads: int, ready, results) -> N
     for worker in workers:
         worker.join()
     results.put((dict(ended), wrong[0]))
+
+
+def bounded_writer(store, writer: int, rounds: int, results) -> None:
+    """Overwrite group ``writer``'s 8 keys each round (a round tag in every value), with
+    4 new filler keys beside them, so a bounded store keeps evicting; report how many
+    acknowledged batches left the store over its bound."""
+    over = 0
+    group = [f"g{writer}:{j}" for j in range(8)]
+    for r in range(rounds):
+        tag = f"{r:08d}".encode()
+        pairs = [(k, tag + b"v" * 1000) for k in group]
+        pairs += [(f"f{writer}:{r}:{j}", tag + b"f" * 1000) for j in range(4)]
+        store.mset(pairs)
+        stats = store.stats()
+        over += stats.bytes > stats.max_bytes
+    results.put(f"over bound: {over}")
+
+
+def group_reader(store, writers: int, done, results) -> None:
+    """Read each writer's group until ``done``; report reads that saw two rounds of one
+    group at once (a missing key is allowed: evicted by a later batch)."""
+    torn = 0
+    groups = [[f"g{w}:{j}" for j in range(8)] for w in range(writers)]
+    while not done.is_set():
+        for group in groups:
+            tags = {v[:8] for v in store.mget(group) if v is not None}
+            torn += len(tags) > 1
+    results.put(f"torn groups: {torn}")
+
+
+def read_keys(store, keys: list[str]) -> list:
+    return store.mget(keys)
+
+
+def read_some(store, seed: int) -> tuple[int, int]:
+    """Read random batches of ``k0``..``k99``; the hits and misses seen."""
+    rng = random.Random(seed)
+    hits = misses = 0
+    for _ in range(20):
+        got = store.mget([f"k{rng.randrange(100)}" for _ in range(rng.randrange(1, 10))])
+        hits += sum(v is not None for v in got)
+        misses += sum(v is None for v in got)
+    return hits, misses

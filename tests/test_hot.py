@@ -7,15 +7,18 @@ from __future__ import annotations
 import os
 import random
 import struct
+import types
 import zlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shmstore import _hot
+from shmstore import _hot, _table
 from shmstore import _layout as L
+from shmstore._limits import Limits
 from shmstore._options import Options
+from shmstore._policy import Policy
 from shmstore._reader import DirectReader
 from shmstore._table import Table
 
@@ -61,27 +64,47 @@ def _live_entries(table: Table) -> list[tuple[int, bytes]]:
 
 
 @needs_c
+@pytest.mark.parametrize("cache", [False, True], ids=["store", "cache"])
 @pytest.mark.parametrize("seed", range(4))
-def test_twin_tables_hold_identical_index_and_entries(seed):
+def test_twin_tables_hold_identical_index_and_entries(seed, cache, monkeypatch):
+    """Random batches through both implementations; with ``cache``, a SIEVE-bounded
+    table, batches with deadlines on a clock the test moves, and reads that set
+    visited bytes: those bytes, the queue and the counters must match too."""
+    clock = [10**12]
+    monkeypatch.setattr(_table, "time", types.SimpleNamespace(monotonic_ns=lambda: clock[0]))
     rng = random.Random(seed)
     universe = AWKWARD + [f"key:{i}" for i in range(3000)]
+    policy = Policy.resolve("sieve" if cache else "none")
+    limits = Limits.resolve(max_store_bytes=400_000 if cache else None)
     twins = [
-        Table(_prefix(f"twin{impl}"), options=Options(True, 1 << 18, impl), arena_bytes=1 << 20)
+        Table(
+            _prefix(f"twin{impl}"),
+            options=Options(True, 1 << 18, impl),
+            arena_bytes=1 << 20,
+            limits=limits,
+            policy=policy,
+        )
         for impl in ("c", "python")
     ]
     try:
         for _ in range(150):
-            if rng.random() < 0.75:
+            roll = rng.random()
+            if roll < 0.6:
                 keys = [rng.choice(universe) for _ in range(rng.randint(0, 80))]
                 values = [os.urandom(rng.choice((0, 3, 64, 1536, 9000))) for _ in keys]
+                ttl = rng.choice((None, 0, 10**9, 5 * 10**9)) if cache else None
                 for table in twins:
-                    table.set_many(keys, values)
-            else:
+                    table.set_many(keys, values, ttl_ns=ttl)
+            elif roll < 0.8:
                 keys = rng.sample(universe, rng.randint(0, 80))
                 for table in twins:
                     table.delete_many(keys)
+            else:
+                keys = rng.sample(universe, rng.randint(0, 200))
+                assert twins[0].get_many(keys) == twins[1].get_many(keys)
+            clock[0] += rng.randrange(10**9)
         c, py = twins
-        assert c.index.capacity == py.index.capacity > 1024
+        assert c.index.capacity == py.index.capacity >= 1024
         assert c.index.slots.tobytes() == py.index.slots.tobytes()
         assert _live_entries(c) == _live_entries(py)
         # Headers and stripes alike, but for the word naming the implementation.
@@ -90,6 +113,13 @@ def test_twin_tables_hold_identical_index_and_entries(seed):
         assert header_c == header_py
         assert c.keys(None) == py.keys(None)
         assert c.get_many(universe) == py.get_many(universe)
+        if cache:
+            assert c.index.visited.tobytes() == py.index.visited.tobytes()
+            assert c._sieve.keys() == py._sieve.keys()
+            assert header_c[L.W_EVICTIONS] > 0 and header_c[L.W_EXPIRATIONS] > 0
+            assert any(c.index.visited.tobytes())
+        else:
+            assert c.index.capacity > 1024
     finally:
         for table in twins:
             table.close()
@@ -155,24 +185,32 @@ def _memory(draw):
             off = draw(st.integers(0, 300))
             ref = draw(st.sampled_from([0, 1, arena << L.OFFSET_BITS | off]))
             vlen = draw(st.sampled_from([0, 1, 10, 255, 2**40, 2**64 - 1]))
-            words[i * 4 : i * 4 + 4] = [zlib.crc32(kb) | len(kb) << 32, ref, vlen, 0]
+            expires = draw(st.sampled_from([0, 1, 1000, 2**64 - 1]))
+            words[i * L.SLOT_WORDS : (i + 1) * L.SLOT_WORDS] = [
+                zlib.crc32(kb) | len(kb) << 32, ref, vlen, 0, expires
+            ]
     ctl = [0] * (L.CTL_BYTES // 8)
     ctl[L.W_INDEX_GEN] = draw(st.sampled_from([5, 6]))
     for kb in _KEYS:
         ctl[L.HEADER_WORDS + (zlib.crc32(kb) & (L.STRIPES - 1))] = draw(st.sampled_from([0, 2, 3]))
     keys = draw(st.lists(st.sampled_from([*_KEYS, b"other"]), max_size=6))
-    return ctl, words, arenas, keys
+    visited = draw(st.one_of(st.none(), st.binary(max_size=20)))
+    now = draw(st.sampled_from([0, 999, 1000, 2**64 - 1]))
+    return ctl, words, arenas, keys, visited, now
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_memory())
 def test_lookup_of_hostile_memory_answers_retry_or_what_is_there(memory):
-    ctl_words, slot_words, arenas, keys = memory
+    ctl_words, slot_words, arenas, keys, visited, now = memory
     ctl = memoryview(bytearray(struct.pack(f"{len(ctl_words)}Q", *ctl_words))).cast("Q")
     slots = memoryview(bytearray(struct.pack(f"{len(slot_words)}Q", *slot_words))).cast("Q")
     results = []
     for hot in {chot, fallback}:
-        found = hot.lookup(ctl, slots, 5, arenas, keys)
+        marks = None if visited is None else bytearray(visited)  # each its own copy
+        found = hot.lookup(ctl, slots, 5, arenas, keys, marks, now)
+        if marks is not None:
+            assert len(marks) == len(visited) and set(marks) <= set(visited) | {1}
         if isinstance(found, list):
             assert len(found) == len(keys)
             for value in found:
@@ -181,7 +219,7 @@ def test_lookup_of_hostile_memory_answers_retry_or_what_is_there(memory):
                 ), "a value that is not in any arena"
         else:
             assert found in (hot.TORN, hot.STALE) or found > 0  # an arena to map
-        results.append(found)
+        results.append((found, marks))
     assert all(r == results[0] for r in results), "the implementations disagree"
 
 

@@ -39,7 +39,9 @@ DRIVER = textwrap.dedent(
                 ref = rng.choice([0, 1, rng.randrange(len(arenas) + 2) << L.OFFSET_BITS
                                   | rng.randrange(0, 400)])
                 vlen = rng.choice([0, 1, 7, 64, 299, 2**40, 2**64 - 1, rng.randrange(400)])
-                words[i * 4 : i * 4 + 4] = [zlib.crc32(kb) | len(kb) << 32, ref, vlen, 0]
+                expires = rng.choice([0, 0, 1000, 2**64 - 1])
+                words[i * L.SLOT_WORDS : (i + 1) * L.SLOT_WORDS] = [
+                    zlib.crc32(kb) | len(kb) << 32, ref, vlen, 0, expires]
         ctl = [0] * (L.CTL_BYTES // 8)
         ctl[L.W_INDEX_GEN] = rng.choice([5, 5, 5, 6])
         for kb in KEYS:
@@ -47,9 +49,12 @@ DRIVER = textwrap.dedent(
         ctl_view = memoryview(bytearray(struct.pack(f"{len(ctl)}Q", *ctl))).cast("Q")
         slots = memoryview(bytearray(struct.pack(f"{len(words)}Q", *words))).cast("Q")
         keys = [rng.choice(KEYS + [b"other", "k" * 40, "\\ud800"]) for _ in range(rng.randrange(7))]
-        got = _chot.lookup(ctl_view, slots, 5, arenas, keys)
-        want = fallback.lookup(ctl_view, slots, 5, arenas, keys)
-        assert got == want, (case, got, want)
+        visited = None if rng.random() < 0.3 else bytes(rng.randrange(0, 40))
+        now = rng.choice([0, 999, 1000, 2**64 - 1])
+        marks = [None if visited is None else bytearray(visited) for _ in range(2)]
+        got = _chot.lookup(ctl_view, slots, 5, arenas, keys, marks[0], now)
+        want = fallback.lookup(ctl_view, slots, 5, arenas, keys, marks[1], now)
+        assert (got, marks[0]) == (want, marks[1]), (case, got, want)
     print("ok")
     """
 )
