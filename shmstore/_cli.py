@@ -31,6 +31,7 @@ def _embed(options: argparse.Namespace) -> int:
         batch_size=options.batch_size,
         output=options.output,
         progress=not options.quiet,
+        max_cache_bytes=options.max_cache_bytes,
     )
     print(summary.render())
     return 0
@@ -41,6 +42,32 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40, "t": 1000**4, "tb": 1000**4,
+}
+
+
+def parse_size(text: str) -> int:
+    """A size in bytes from ``"4096"``, ``"64MiB"``, ``"1.5 GB"`` (SI units are powers
+    of 1000, IEC units of 1024; case ignored).
+
+    :raises argparse.ArgumentTypeError: not a size, or below 1 byte.
+    """
+    number = text.strip().rstrip("bBiIkKmMgGtT ")
+    unit = text.strip()[len(number) :].strip().lower()
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(
+            f"not a size: {text!r} (examples: 4096, 64MiB, 1.5GB)"
+        ) from None
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte, got {text!r}")
+    return int(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +117,14 @@ def main(argv: list[str] | None = None) -> int:
         type=_positive,
         default=600,
         help="longest chunk in characters (default 600)",
+    )
+    embed.add_argument(
+        "--max-cache-bytes",
+        type=parse_size,
+        metavar="SIZE",
+        default=None,
+        help="bound the shared cache (e.g. 64MiB, or bytes), evicting by SIEVE "
+        "(default: unbounded)",
     )
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     options = parser.parse_args(argv)

@@ -19,9 +19,7 @@ from shmstore.embed import stdlib_chunks  # noqa: E402 - after the skips
 CHUNKS = 48
 
 
-@pytest.fixture(scope="module")
-def job(tmp_path_factory):
-    out = tmp_path_factory.mktemp("embed") / "out"
+def _run(out, *extra):
     done = subprocess.run(
         [
             sys.executable,
@@ -39,6 +37,7 @@ def job(tmp_path_factory):
             "--output",
             str(out),
             "--quiet",
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -46,6 +45,11 @@ def job(tmp_path_factory):
     )
     assert done.returncode == 0, done.stderr
     return out, done.stdout
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("embed") / "out")
 
 
 def test_second_pass_is_served_entirely_by_the_shared_cache(job):
@@ -59,6 +63,23 @@ def test_second_pass_is_served_entirely_by_the_shared_cache(job):
     assert (second["cache_hits"], second["embedded"]) == (CHUNKS, 0)
     assert summary["keys_in_store"] == summary["unique_chunks"]
     assert "pass 2: cache hits 48/48, embedded 0" in stdout
+    cache = summary["cache"]
+    assert cache["hits"] + cache["misses"] == 2 * CHUNKS  # every key asked, counted once
+    assert cache["evictions"] == 0 and cache["keys"] == summary["unique_chunks"]
+    assert "cache: hits" in stdout and "unbounded" in stdout
+
+
+def test_a_bounded_cache_evicts_and_gives_the_same_embeddings(job, tmp_path):
+    # About 10 of the 48 vectors fit (LangChain stores each as 7.9 kB of JSON).
+    out, stdout = _run(tmp_path / "bounded", "--max-cache-bytes", "80KiB")
+    summary = json.loads((out / "summary.json").read_text())
+    cache = summary["cache"]
+    assert cache["max_bytes"] == 80 << 10 and 0 < cache["bytes"] <= 80 << 10
+    assert cache["evictions"] > 0 and cache["hits"] + cache["misses"] == 2 * CHUNKS
+    assert summary["passes"][1]["embedded"] > 0  # evicted chunks were embedded again
+    assert "(bound 0.1 MiB)" in stdout
+    unbounded = np.load(job[0] / "embeddings.npy")
+    assert np.allclose(np.load(out / "embeddings.npy"), unbounded, atol=1e-4)
 
 
 def test_output_holds_one_model_embedding_per_unique_chunk(job):

@@ -118,6 +118,9 @@ class JobSummary:
     load_seconds: float = 0.0
     wall_seconds: float = 0.0
     keys_in_store: int = 0
+    max_cache_bytes: int | None = None
+    #: The store's statistics at the end (shmstore.StoreStats as a dict).
+    cache: dict[str, int] = field(default_factory=dict)
     output: str = ""
 
     def to_json(self) -> str:
@@ -136,11 +139,22 @@ class JobSummary:
                 f"pass {n}: cache hits {p.cache_hits}/{p.chunks}, embedded {p.embedded}, "
                 f"{p.chunks_per_s:,.0f} chunks/s, {p.seconds:.1f} s"
             )
+        c = self.cache
+        if c:
+            bound = "unbounded" if self.max_cache_bytes is None else f"bound {_mib(c['max_bytes'])}"
+            lines.append(
+                f"cache: hits {c['hits']}, misses {c['misses']}, evictions {c['evictions']}, "
+                f"{_mib(c['bytes'])} held ({bound})"
+            )
         lines.append(
             f"wall time: {self.wall_seconds:.1f} s  keys in store: {self.keys_in_store}  "
             f"output: {self.output}"
         )
         return "\n".join(lines)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f} MiB"
 
 
 def _batches(texts: Sequence[str], size: int) -> list[list[str]]:
@@ -155,6 +169,7 @@ def run_job(
     batch_size: int = 32,
     output: str | os.PathLike[str] = "shmstore-embeddings",
     progress: bool = True,
+    max_cache_bytes: int | None = None,
 ) -> JobSummary:
     """Embed ``chunks`` ``passes`` times with ``workers`` processes sharing one cache.
 
@@ -166,6 +181,8 @@ def run_job(
     :param passes: times every chunk is submitted; passes after the first are served
         from the cache.
     :param batch_size: chunks per task.
+    :param max_cache_bytes: bound the cache's keys and values to this many bytes,
+        evicting by SIEVE (default: unbounded, as large as ``/dev/shm`` allows).
     :raises ValueError: ``workers``, ``passes`` or ``batch_size`` is below 1, or there
         are no chunks.
     """
@@ -182,14 +199,24 @@ def run_job(
     for i, text in enumerate(texts):
         first_seen.setdefault(text, i)
     batches = _batches(texts, batch_size)
-    summary = JobSummary(chunks=len(texts), unique_chunks=len(first_seen), workers=workers)
+    summary = JobSummary(
+        chunks=len(texts),
+        unique_chunks=len(first_seen),
+        workers=workers,
+        max_cache_bytes=max_cache_bytes,
+    )
+    cache_options: dict[str, Any] = (
+        {}
+        if max_cache_bytes is None
+        else {"max_store_bytes": max_cache_bytes, "eviction_policy": "sieve"}
+    )
     torch_threads = max(1, (os.cpu_count() or 1) // workers)
     vectors: list[Any] = [None] * len(batches)
 
     started = time.perf_counter()
     context = get_context("spawn")
     with (
-        SharedByteStore() as store,
+        SharedByteStore(**cache_options) as store,
         ProcessPoolExecutor(
             workers,
             mp_context=context,
@@ -217,6 +244,7 @@ def run_job(
                 PassSummary(len(texts), hits, embedded, time.perf_counter() - pass_started)
             )
         summary.keys_in_store = sum(1 for _ in store.yield_keys(prefix=NAMESPACE))
+        summary.cache = store.stats()._asdict()
     summary.wall_seconds = time.perf_counter() - started
 
     out = Path(output)
