@@ -54,7 +54,10 @@ Consistency: striped version counters (after MemC3, Fan, Andersen and Kaminsky, 
 2013), so a write disturbs only the reads of the keys it touches. A key's stripe is
 ``crc32(key) % STRIPES``. The manager, the only writer, applies a batch as:
 
-1. make every stripe of the batch's keys odd (once each), then acknowledge;
+1. make every stripe of the batch's keys odd (once each), then acknowledge; the
+   batch's keys here include the entries it evicts (SIEVE) and the expired ones it
+   reclaims, whose slots it marks deleted in step 3, so readers see the batch and the
+   room made for it at one moment;
 2. write the batch's entries into arena blocks no slot points at (fresh ones, or ones
    freed by an earlier batch, whose keys' stripes that batch moved on); values copied
    from a client's staging segment are written before step 1 instead;

@@ -115,6 +115,7 @@ class Sieve:
             for p, kb, slot in zip(positions, candidates, slots_of(candidates), strict=True):
                 if kb in chosen:
                     continue  # met again after a wrap: chosen on the first pass
+                assert slot >= 0, "a key of the queue is not in the index"
                 if visited[slot]:
                     visited[slot] = 0
                     continue

@@ -45,6 +45,9 @@ __all__ = ["ARENA_BYTES", "Table"]
 
 #: Virtual size of an arena segment; pages are reserved as they are used.
 ARENA_BYTES = 256 << 20
+#: Stale deadline records (of keys overwritten or deleted since) kept before the
+#: records are made again from the index.
+_STALE_DEADLINES = 1 << 16
 
 
 def _encode(keys: Sequence[str]) -> list[bytes]:
@@ -251,6 +254,8 @@ class Table:
                 sieve.insert(new_keys)
             if expires:
                 self._deadlines.add(expires, encoded)
+                if self._deadlines.recorded > 2 * self._live + _STALE_DEADLINES:
+                    self._record_deadlines_again()
         finally:
             self._header[L.W_STATS_SEQ] += 1
             hot.stripes_exit(self._header, window)
@@ -320,6 +325,20 @@ class Table:
             self._sieve.remove(encoded)
         self._publish_counts()
         return len(freed_refs)
+
+    def _record_deadlines_again(self) -> None:
+        """Replace the deadline records by one per live entry that has a deadline."""
+        slots, buffers = self.index.slots, self.arena.buffers
+        refs = slots[L.S_REF :: L.SLOT_WORDS].tolist()
+        expires = slots[L.S_EXPIRES :: L.SLOT_WORDS].tolist()
+        lengths = slots[L.S_HASH_KLEN :: L.SLOT_WORDS].tolist()
+        entries = []
+        for i, ref in enumerate(refs):
+            if ref > L.DELETED and expires[i]:
+                off = ref & L.OFFSET_MASK
+                kb = bytes(buffers[ref >> L.OFFSET_BITS][off : off + (lengths[i] >> 32)])  # type: ignore[index]
+                entries.append((expires[i], kb))
+        self._deadlines.replace(entries)
 
     def _slots_of(self, encoded: list[bytes]) -> list[int]:
         return self._hot.find(self.index.slots, self.arena.buffers, encoded)  # type: ignore[no-any-return]

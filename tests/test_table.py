@@ -100,3 +100,24 @@ def test_rebuilt_index_finds_every_key(table, seed):
         assert table.get_many(live) == [k.encode() for k in live]
         assert table.get_many(keys[::7]) == [None] * len(keys[::7])
     _check(table, {k: k.encode() for k in live})
+
+
+def test_deadline_records_of_overwritten_keys_do_not_pile_up(table, monkeypatch):
+    import types
+
+    from shmstore import _table
+
+    clock = [10**12]
+    monkeypatch.setattr(_table, "time", types.SimpleNamespace(monotonic_ns=lambda: clock[0]))
+    keys = [f"k{i}" for i in range(64)]
+    for _ in range(3000):  # 192,000 writes with an hour to live, of 64 keys
+        table.set_many(keys, [b"v"] * 64, ttl_ns=3600 * 10**9)
+    assert table._deadlines.recorded <= 2 * 64 + (1 << 16) + 64
+    table.set_many(["short"], [b"s"], ttl_ns=10**9)
+    clock[0] += 2 * 10**9
+    assert table.get_many(["short", "k0"]) == [None, b"v"]
+    table.sweep()
+    assert table.keys(None) == keys
+    clock[0] += 3600 * 10**9
+    table.sweep()
+    assert table.keys(None) == [] and table._header[L.W_EXPIRATIONS] == 65
