@@ -11,20 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import os
-import reprlib
 import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, TypeVar
 
-import msgpack
-
 from . import _layout as L
 from . import _protocol as proto
+from ._batch import check_prefix, split_pairs
+from ._batch import key_list as _checked_keys
 from ._client import Client
+from ._codec import decode_msgpack, encode_bytes, encode_msgpack
 from ._errors import (
-    InvalidBatchError,
-    InvalidKeyError,
-    InvalidValueError,
     LimitExceededError,
     StoreClosedError,
     StoreNotFoundError,
@@ -53,33 +50,6 @@ _Self = TypeVar("_Self", bound="_SharedStoreBase[Any]")
 #: the process that asked for it, and a forked child asks for its own.
 _forks = [0]
 os.register_at_fork(after_in_child=lambda: _forks.__setitem__(0, _forks[0] + 1))
-
-_short = reprlib.Repr()
-_short.maxstring = _short.maxother = 60
-
-
-def _check_key(key: Any, position: int) -> str:
-    if not isinstance(key, str):
-        raise InvalidKeyError(
-            f"key at position {position} is {type(key).__name__}, expected str: {_short.repr(key)}"
-        )
-    return key
-
-
-_STR = frozenset({str})
-
-
-def _key_list(keys: Iterable[Any]) -> list[str]:
-    key_list = keys if type(keys) is list else list(keys)
-    # One pass over the types on the hot path; the per-item scan, which names the
-    # offending position, runs only when something is not a plain str.
-    if not (
-        type(key_list[0]) is str if len(key_list) == 1 else set(map(type, key_list)) <= _STR
-    ):
-        for i, key in enumerate(key_list):
-            _check_key(key, i)
-    return key_list
-
 
 #: ``mset``'s ``ttl_s`` when not given: the store's default applies.
 _STORE_TTL: Any = object()
@@ -300,7 +270,7 @@ class _SharedStoreBase(BaseStore[str, V]):
     def _mget_start(self, keys: Iterable[str]) -> tuple[list[str], list[bytes | None] | None]:
         """The checked keys and, if they could be read straight from shared memory,
         their raw values (``None``: the manager must answer)."""
-        key_list = _key_list(keys)
+        key_list = _checked_keys(keys)
         self._check_open()
         return key_list, self._read_direct(key_list) if key_list else []
 
@@ -386,23 +356,7 @@ class _SharedStoreBase(BaseStore[str, V]):
         self, key_value_pairs: Iterable[tuple[str, V]]
     ) -> tuple[list[str], list[bytes]] | None:
         """The batch's keys and encoded values, every item checked; ``None`` if empty."""
-        pairs = list(key_value_pairs)
-        keys: list[str] = []
-        values: list[Any] = []
-        try:
-            keys = [key for key, _ in pairs]
-            values = [value for _, value in pairs]
-        except (TypeError, ValueError):
-            pass  # some item is not a pair: the scan below names it
-        if len(keys) != len(pairs) or not set(map(type, keys)) <= {str}:
-            for i, pair in enumerate(pairs):
-                try:
-                    key, _value = pair
-                except (TypeError, ValueError):
-                    raise InvalidBatchError(
-                        f"item at position {i} is not a (key, value) pair: {_short.repr(pair)}"
-                    ) from None
-                _check_key(key, i)
+        keys, values = split_pairs(key_value_pairs)
         encoded = self._encode_values(values)
         self._check_open()
         return (keys, encoded) if keys else None
@@ -436,13 +390,12 @@ class _SharedStoreBase(BaseStore[str, V]):
             raise
 
     def _mdelete_frame(self, keys: Iterable[str]) -> bytes | None:
-        key_list = _key_list(keys)
+        key_list = _checked_keys(keys)
         self._check_open()
         return self._frame(proto.MDELETE, key_list) if key_list else None
 
     def _keys_frame(self, prefix: str | None) -> bytes:
-        if prefix is not None and not isinstance(prefix, str):
-            raise InvalidKeyError(f"prefix is {type(prefix).__name__}, expected str or None")
+        check_prefix(prefix)
         self._check_open()
         return self._frame(proto.KEYS, prefix)
 
@@ -612,17 +565,7 @@ class SharedByteStore(_SharedStoreBase[bytes]):
     """
 
     def _encode_values(self, values: list[Any]) -> list[bytes]:
-        if set(map(type, values)) <= {bytes}:
-            return values
-        encoded = []
-        for i, value in enumerate(values):
-            if not isinstance(value, (bytes, bytearray, memoryview)):
-                raise InvalidValueError(
-                    f"value at position {i} is {type(value).__name__}, expected bytes: "
-                    f"{_short.repr(value)}"
-                )
-            encoded.append(bytes(value))
-        return encoded
+        return encode_bytes(values)
 
     def _decode_values(self, values: list[bytes | None]) -> list[bytes | None]:
         return values
@@ -644,28 +587,10 @@ class SharedStore(_SharedStoreBase[Any]):
     """
 
     def _encode_values(self, values: list[Any]) -> list[bytes]:
-        packer = msgpack.Packer(
-            use_bin_type=True, strict_types=True, unicode_errors="surrogatepass"
-        )
-        encoded = []
-        for i, value in enumerate(values):
-            try:
-                encoded.append(packer.pack(value))
-            except (TypeError, ValueError, OverflowError) as exc:
-                raise InvalidValueError(
-                    f"value at position {i} ({type(value).__name__}) cannot be stored: {exc}"
-                ) from None
-        return encoded
+        return encode_msgpack(values)
 
     def _decode_values(self, values: list[bytes | None]) -> list[Any]:
-        return [
-            None
-            if raw is None
-            else msgpack.unpackb(
-                raw, raw=False, strict_map_key=False, unicode_errors="surrogatepass"
-            )
-            for raw in values
-        ]
+        return decode_msgpack(values)
 
 
 # Proxies rebuilt from pickles in this process, by class and address. A worker that
