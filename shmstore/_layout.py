@@ -44,7 +44,9 @@ evicted next, never a value, since nothing else is read from it.
 ``c``, the reader table (as LMDB's gives each reader a slot): :data:`READER_SLOTS`
 slots of two words, HITS and MISSES, each written only by the one proxy the manager
 gave it to; the manager adds a slot into header words 15-16 and zeroes it when that
-proxy's connection ends, before giving it to another.
+proxy's connection ends, before giving it to another. (A thread still inside a read
+when its proxy closes may add its last batch's counts after that: they are then
+counted in the slot's next holder's, never lost.)
 
 ``a<id>``, arena segments (ids from 1): each entry is the key's bytes then the value's,
 starting at an 8-byte boundary, in a block of its size class (:func:`entry_bytes`).
