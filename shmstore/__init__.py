@@ -38,6 +38,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
+    from ._connect import connect
+    from ._redis import RedisByteStore, RedisStore
     from ._store import SharedByteStore, SharedStore
 
 __version__ = "0.1.0"
@@ -50,6 +52,8 @@ __all__ = [
     "InvalidValueError",
     "LimitExceededError",
     "ProtocolError",
+    "RedisByteStore",
+    "RedisStore",
     "SharedByteStore",
     "SharedStore",
     "StoreClosedError",
@@ -61,18 +65,26 @@ __all__ = [
     "StoreStats",
     "StoreTooLargeError",
     "ValueTooLargeError",
+    "connect",
 ]
 
-_LAZY = {"SharedByteStore", "SharedStore"}
+_LAZY = {
+    "SharedByteStore": "_store",
+    "SharedStore": "_store",
+    "RedisByteStore": "_redis",
+    "RedisStore": "_redis",
+    "connect": "_connect",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        from . import _store
+    module = _LAZY.get(name)
+    if module is not None:
+        import importlib
 
-        return getattr(_store, name)
+        return getattr(importlib.import_module(f".{module}", __name__), name)
     raise AttributeError(f"module 'shmstore' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | _LAZY)
+    return sorted(set(globals()) | set(_LAZY))

@@ -13,7 +13,9 @@ import multiprocessing.forkserver
 import multiprocessing.resource_tracker
 import os
 import shutil
+import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -76,6 +78,79 @@ def _long_lived_helpers() -> None:
         pass
     else:
         loky_tracker.ensure_running()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _redis_server(_long_lived_helpers):
+    """A redis-server of this test process's own, on a unix socket in its runtime
+    directory, no persistence; its socket path, or ``None`` where redis-server is not
+    installed (an error when ``SHMSTORE_REQUIRE_REDIS=1``, as in CI). Started for the
+    whole session, before any test's leak snapshot."""
+    if shutil.which("redis-server") is None:
+        if os.environ.get("SHMSTORE_REQUIRE_REDIS") == "1":
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        yield None
+        return
+    directory = tempfile.mkdtemp(prefix="shmstore-redis-")
+    path = os.path.join(directory, "redis.sock")
+    server = subprocess.Popen(
+        ["redis-server", "--port", "0", "--unixsocket", path, "--unixsocketperm", "700",
+         "--save", "", "--appendonly", "no", "--dir", directory],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while not os.path.exists(path):  # the server's readiness: its socket exists
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.01)
+    try:
+        yield path
+    finally:
+        server.terminate()
+        server.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def redis_url(_redis_server):
+    """``unix://`` URL of the session's redis-server (skips where there is none)."""
+    if _redis_server is None:
+        pytest.skip("redis-server is not installed")
+    return f"unix://{_redis_server}"
+
+
+_NAMESPACES = iter(range(1 << 62))
+
+
+@pytest.fixture(params=["direct", "staged", "manager", "redis"])
+def backend(request, monkeypatch):
+    """Every place a store's data lives and every way its values travel: the three data
+    paths of a shared-memory store (see ``data_path``), and a Redis store on the
+    session's server, in a namespace of its own. A factory: ``backend.make(cls_name)``
+    gives a new store of ``SharedByteStore``'s or ``SharedStore``'s kind."""
+    if request.param == "staged":
+        monkeypatch.setenv("SHMSTORE_STAGE_BYTES", "0")
+    elif request.param == "manager":
+        monkeypatch.setenv("SHMSTORE_DIRECT_READS", "0")
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    return _Backend(request.param, url)
+
+
+class _Backend:
+    def __init__(self, name, url):
+        self.name, self.url = name, url
+
+    def make(self, cls_name: str, **options):
+        import shmstore
+
+        if self.name != "redis":
+            return getattr(shmstore, cls_name)(**options)
+        redis_cls = {"SharedByteStore": "RedisByteStore", "SharedStore": "RedisStore"}[cls_name]
+        namespace = f"t{os.getpid()}.{next(_NAMESPACES)}"
+        return getattr(shmstore, redis_cls)(self.url, namespace=namespace, **options)
+
+    def __repr__(self):
+        return self.name
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

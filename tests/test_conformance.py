@@ -1,6 +1,6 @@
 """LangChain's standard BaseStore suites against both store classes, on every data path
-(see the ``data_path`` fixture), with the proxy in the owner and with the proxy in a
-spawned child that received it by pickling."""
+and on Redis (see the ``backend`` fixture), with the proxy in the owner and with the
+proxy in a spawned child that received it by pickling."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ import shmstore
 from tests import _workers
 
 
-def _empty_store(cls_name: str):
+def _empty_store(cls_name: str, backend=None):
     """A fresh owned store in the test process, or, inside the spawned child, the
     inherited proxy emptied; owned stores are closed after the test, and the inherited
     proxy's kept staging segment removed."""
     inherited = _workers.INHERITED_STORES.get(cls_name)
     if inherited is None:
-        with getattr(shmstore, cls_name)() as store:
+        with backend.make(cls_name) as store:
             yield store
     else:
         inherited.mdelete(list(inherited.yield_keys()))
@@ -32,8 +32,8 @@ def _empty_store(cls_name: str):
 
 class _ByteStoreFixtures:
     @pytest.fixture
-    def kv_store(self, data_path) -> BaseStore[str, bytes]:
-        yield from _empty_store("SharedByteStore")
+    def kv_store(self, backend) -> BaseStore[str, bytes]:
+        yield from _empty_store("SharedByteStore", backend)
 
     @pytest.fixture
     def three_values(self) -> tuple[bytes, bytes, bytes]:
@@ -42,8 +42,8 @@ class _ByteStoreFixtures:
 
 class _ValueStoreFixtures:
     @pytest.fixture
-    def kv_store(self, data_path) -> BaseStore[str, object]:
-        yield from _empty_store("SharedStore")
+    def kv_store(self, backend) -> BaseStore[str, object]:
+        yield from _empty_store("SharedStore", backend)
 
     @pytest.fixture
     def three_values(self) -> tuple[object, object, object]:
@@ -54,8 +54,20 @@ class TestStandardSyncByteStore(_ByteStoreFixtures, BaseStoreSyncTests[bytes]):
     pass
 
 
+async def _aclosed(stores):
+    """The sync fixture's store, closed inside the test's event loop (a Redis store's
+    asyncio connections belong to that loop)."""
+    for store in stores:
+        yield store
+        if hasattr(store, "aclose") and not _workers.INHERITED_STORES:
+            await store.aclose()
+
+
 class TestStandardAsyncByteStore(_ByteStoreFixtures, BaseStoreAsyncTests[bytes]):
-    pass
+    @pytest.fixture
+    async def kv_store(self, backend):
+        async for store in _aclosed(_empty_store("SharedByteStore", backend)):
+            yield store
 
 
 class TestStandardSyncStore(_ValueStoreFixtures, BaseStoreSyncTests[object]):
@@ -63,7 +75,10 @@ class TestStandardSyncStore(_ValueStoreFixtures, BaseStoreSyncTests[object]):
 
 
 class TestStandardAsyncStore(_ValueStoreFixtures, BaseStoreAsyncTests[object]):
-    pass
+    @pytest.fixture
+    async def kv_store(self, backend):
+        async for store in _aclosed(_empty_store("SharedStore", backend)):
+            yield store
 
 
 def test_standard_suites_pass_in_a_spawned_child():

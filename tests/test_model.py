@@ -43,7 +43,7 @@ class _ModelMachine(RuleBasedStateMachine):
     @initialize()
     def empty_both(self):
         if type(self).store is None:
-            type(self).store = self.store_cls()
+            type(self).store = type(self).make_store()
         self.store.mdelete(list(self.store.yield_keys()))
         self.reference = self.reference_cls()
 
@@ -95,8 +95,9 @@ _settings = settings(
 
 
 @pytest.mark.parametrize("machine", [ByteStoreMachine, ValueStoreMachine])
-def test_proxy_matches_reference(machine, data_path):
+def test_proxy_matches_reference(machine, backend):
     try:
+        machine.make_store = staticmethod(lambda: backend.make(machine.store_cls.__name__))
         machine.TestCase.settings = _settings
         machine.TestCase().runTest()
     finally:
