@@ -99,7 +99,9 @@ def _redis_server(_long_lived_helpers):
         stdout=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 20
-    while not os.path.exists(path):  # the server's readiness: its socket exists
+    # Ready once it answers PING: by then it has also renamed its process (which the
+    # leak check compares), so no test sees the rename.
+    while not _pong(path):
         if server.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError("redis-server did not start")
         time.sleep(0.01)
@@ -109,6 +111,20 @@ def _redis_server(_long_lived_helpers):
         server.terminate()
         server.wait()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _pong(path: str) -> bool:
+    """Whether a Redis server answers on the unix socket ``path``."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(1)
+            sock.connect(path)
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16)[:1] in (b"+", b"-")  # PONG, or NOAUTH: it answers
+    except OSError:
+        return False
 
 
 @pytest.fixture

@@ -151,7 +151,9 @@ def private_server():
          "no", "--dir", directory, "--requirepass", "secret"],
         stdout=subprocess.DEVNULL,
     )
-    assert _workers.eventually(lambda: os.path.exists(path), within_s=20)
+    from tests.conftest import _pong
+
+    assert _workers.eventually(lambda: _pong(path), within_s=20)
     try:
         yield server, path
     finally:
