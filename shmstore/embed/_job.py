@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import urllib.parse
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
@@ -170,6 +171,7 @@ def run_job(
     output: str | os.PathLike[str] = "shmstore-embeddings",
     progress: bool = True,
     max_cache_bytes: int | None = None,
+    store_url: str | None = None,
 ) -> JobSummary:
     """Embed ``chunks`` ``passes`` times with ``workers`` processes sharing one cache.
 
@@ -183,6 +185,9 @@ def run_job(
     :param batch_size: chunks per task.
     :param max_cache_bytes: bound the cache's keys and values to this many bytes,
         evicting by SIEVE (default: unbounded, as large as ``/dev/shm`` allows).
+    :param store_url: use the store this URL names (:func:`shmstore.connect`:
+        ``shm://NAME`` or a Redis URL with ``?namespace=``) instead of a new local
+        one, so jobs on several hosts share one cache, and it outlives the run.
     :raises ValueError: ``workers``, ``passes`` or ``batch_size`` is below 1, or there
         are no chunks.
     """
@@ -205,18 +210,31 @@ def run_job(
         workers=workers,
         max_cache_bytes=max_cache_bytes,
     )
+    if store_url is not None and max_cache_bytes is not None:
+        raise ValueError("a store given by URL is bounded where it runs, not by this job")
     cache_options: dict[str, Any] = (
         {}
         if max_cache_bytes is None
         else {"max_store_bytes": max_cache_bytes, "eviction_policy": "sieve"}
     )
+    if store_url is not None:
+        from .._connect import connect
+
+        password = urllib.parse.urlsplit(store_url).password
+        if password is not None:  # the workers unpickle a store that carries none
+            from .._redis import PASSWORD_ENV
+
+            os.environ.setdefault(PASSWORD_ENV, urllib.parse.unquote(password))
+        store_cm: Any = connect(store_url)
+    else:
+        store_cm = SharedByteStore(**cache_options)
     torch_threads = max(1, (os.cpu_count() or 1) // workers)
     vectors: list[Any] = [None] * len(batches)
 
     started = time.perf_counter()
     context = get_context("spawn")
     with (
-        SharedByteStore(**cache_options) as store,
+        store_cm as store,
         ProcessPoolExecutor(
             workers,
             mp_context=context,
@@ -244,7 +262,8 @@ def run_job(
                 PassSummary(len(texts), hits, embedded, time.perf_counter() - pass_started)
             )
         summary.keys_in_store = sum(1 for _ in store.yield_keys(prefix=NAMESPACE))
-        summary.cache = store.stats()._asdict()
+        if hasattr(store, "stats"):
+            summary.cache = store.stats()._asdict()
     summary.wall_seconds = time.perf_counter() - started
 
     out = Path(output)
