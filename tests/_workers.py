@@ -9,6 +9,7 @@ import random
 import select
 import shutil
 import signal
+import sys
 import time
 import zlib
 
@@ -643,3 +644,18 @@ def write_and_report(store, results) -> None:
     """Overwrite ``k`` and report what this process then reads of it."""
     store.mset([("k", b"child")])
     results.put(store.mget(["k"]))
+
+
+def write_versions_forever(store, keys: list[str], progress) -> None:
+    """Overwrite all ``keys`` in one batch per version until the store fails; report
+    each batch done; exit 1 on StoreConnectionError."""
+    import shmstore
+
+    v = 0
+    try:
+        while True:
+            store.mset([(k, value_for(k, v)) for k in keys])
+            progress.put(v)
+            v += 1
+    except shmstore.StoreConnectionError:
+        sys.exit(1)

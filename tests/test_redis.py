@@ -138,28 +138,58 @@ def test_an_absent_server_is_a_prompt_connection_error(tmp_path):
         store.close()
 
 
+class _PrivateServer:
+    """A redis-server of one test's own in ``directory``: started, killed, started again
+    on the same files."""
+
+    def __init__(self, directory: str, *options: str) -> None:
+        self.directory, self.options = directory, options
+        self.path = os.path.join(directory, "redis.sock")
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        from tests.conftest import _pong
+
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", "0", "--unixsocket", self.path, "--save", "",
+             "--dir", self.directory, *self.options],
+            stdout=subprocess.DEVNULL,
+        )
+        assert _workers.eventually(lambda: _pong(self.path), within_s=20)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
 @pytest.fixture
-def private_server():
-    """A redis-server of this test's own, with a password; killed by the test or at
-    its end."""
+def make_server():
+    """Start private servers with the options given; each is killed at the test's end."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
-    directory = tempfile.mkdtemp(prefix="shmstore-redis-pw-")
-    path = os.path.join(directory, "redis.sock")
-    server = subprocess.Popen(
-        ["redis-server", "--port", "0", "--unixsocket", path, "--save", "", "--appendonly",
-         "no", "--dir", directory, "--requirepass", "secret"],
-        stdout=subprocess.DEVNULL,
-    )
-    from tests.conftest import _pong
+    made = []
 
-    assert _workers.eventually(lambda: _pong(path), within_s=20)
+    def make(*options: str) -> _PrivateServer:
+        server = _PrivateServer(tempfile.mkdtemp(prefix="shmstore-redis-own-"), *options)
+        made.append(server)
+        server.start()
+        return server
+
     try:
-        yield server, path
+        yield make
     finally:
-        server.kill()
-        server.wait()
-        shutil.rmtree(directory, ignore_errors=True)
+        for server in made:
+            server.kill()
+            shutil.rmtree(server.directory, ignore_errors=True)
+
+
+@pytest.fixture
+def private_server(make_server):
+    """A private server with a password."""
+    server = make_server("--appendonly", "no", "--requirepass", "secret")
+    return server, server.path
 
 
 def test_password_wrong_right_and_never_pickled(private_server, monkeypatch):
@@ -179,6 +209,42 @@ def test_password_wrong_right_and_never_pickled(private_server, monkeypatch):
         with pickle.loads(data) as copy:
             assert copy.mget(["k"]) == [b"v"]
         server.kill()  # the server dies: the next call fails promptly, it never hangs
-        server.wait()
         with pytest.raises(shmstore.StoreConnectionError):
             store.mget(["k"])
+
+
+def test_a_server_killed_mid_mset_keeps_each_batch_whole_or_absent(make_server):
+    """With an append-only file, fsynced at every write: a SIGKILL between or during
+    batches, then a restart on the same files, leaves each group of keys at one
+    version (the last batch in the file whole, or absent)."""
+    server = make_server("--appendonly", "yes", "--appendfsync", "always")
+    ctx = multiprocessing.get_context("spawn")
+    keys = [f"g:{i}" for i in range(64)]
+    url = f"unix://{server.path}"
+    with shmstore.RedisByteStore(url, namespace="crash") as store:
+        progress = ctx.SimpleQueue()
+        writer = ctx.Process(target=_workers.write_versions_forever, args=(store, keys, progress))
+        writer.start()
+        for _ in range(20):
+            progress.get()  # some batches are in
+        server.kill()
+        writer.join(30)
+        assert writer.exitcode == 1  # it saw the server die: StoreConnectionError
+        server.start()
+        values = store.mget(keys)  # the same proxy reconnects to the restarted server
+        versions = {v.split(b"|")[1] for v in values if v is not None}
+        assert len(versions) == 1 and None not in values, versions
+        assert list(store.yield_keys()) == keys
+
+
+def test_a_restarted_server_is_reached_again(make_server):
+    server = make_server("--appendonly", "no")
+    with shmstore.RedisByteStore(f"unix://{server.path}", namespace="restart") as store:
+        store.mset([("k", b"v")])
+        server.kill()
+        with pytest.raises(shmstore.StoreConnectionError):
+            store.mget(["k"])
+        server.start()
+        assert store.mget(["k"]) == [None]  # no persistence: a new, empty server
+        store.mset([("k", b"again")])
+        assert store.mget(["k"]) == [b"again"]
