@@ -33,6 +33,7 @@ import numpy as np
 
 import shmstore
 from benchmarks import peers
+from benchmarks.bench_stores import _keys
 
 N_KEYS = 100_000
 VALUE_BYTES = 1536
@@ -174,13 +175,9 @@ def _row(row) -> str:
 COST_KEYS = 20_000
 
 
-def _cost_keys() -> list[str]:
-    return [f"embedding:{i:012d}:".ljust(45, "x") for i in range(COST_KEYS)]
-
-
 def read_cost(store) -> tuple[float, float]:
     """(batched mget keys/s, single-key mget µs) in this process."""
-    keys = _cost_keys()
+    keys = _keys(COST_KEYS)
     batches = [keys[i : i + 64] for i in range(0, len(keys), 64)]
     t = time.perf_counter()
     for ks in batches:
@@ -196,7 +193,7 @@ def read_cost(store) -> tuple[float, float]:
 def write_cost(store, first: int) -> float:
     """mset keys/s of COST_KEYS new keys numbered from ``first``, batches of 64."""
     value = os.urandom(VALUE_BYTES)
-    keys = [f"embedding:{i:012d}:".ljust(45, "x") for i in range(first, first + COST_KEYS)]
+    keys = _keys(first + COST_KEYS)[first:]
     t = time.perf_counter()
     for s in range(0, len(keys), 64):
         store.mset([(k, value) for k in keys[s : s + 64]])
@@ -205,7 +202,7 @@ def write_cost(store, first: int) -> float:
 
 def cost_round(ctx) -> dict[str, float]:
     value = os.urandom(VALUE_BYTES)
-    pairs = [(k, value) for k in _cost_keys()]
+    pairs = [(k, value) for k in _keys(COST_KEYS)]
     full_bound = COST_KEYS * (45 + VALUE_BYTES)
     figures = {}
     with ctx.Pool(1) as pool:

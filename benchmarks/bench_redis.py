@@ -23,15 +23,12 @@ import time
 import warnings
 
 from benchmarks import peers
+from benchmarks.bench_stores import _keys
 
 KEYS = 20_000
 VALUE_BYTES = 1536
 MIXED_KEYS = 4096
 MIXED_BATCHES = 600
-
-
-def _keys(n: int) -> list[str]:
-    return [f"embedding:{i:012d}:".ljust(45, "x") for i in range(n)]
 
 
 def _make(kind: str, path: str, namespace: str):

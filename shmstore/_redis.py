@@ -24,6 +24,7 @@ key's member stays in the sorted set until the next listing or write of it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import urllib.parse
 from collections.abc import AsyncIterator, Iterable, Iterator
@@ -205,7 +206,7 @@ class _RedisStoreBase(BaseStore[str, V]):
             "retry_on_timeout": False,
         }
 
-    def _connect_sync(self) -> Any:
+    def _connect_sync(self) -> None:
         import redis
 
         try:
@@ -216,7 +217,6 @@ class _RedisStoreBase(BaseStore[str, V]):
         self._client = client
         self._mset_script = client.register_script(_MSET)
         self._keys_script = client.register_script(_KEYS)
-        return client
 
     def _sync(self) -> Any:
         if self._closed:
@@ -321,29 +321,18 @@ class _RedisStoreBase(BaseStore[str, V]):
             argv.append(value)
         return script_keys, argv
 
-    def _call(self, what: Any) -> Any:
+    @contextlib.contextmanager
+    def _errors_mapped(self) -> Iterator[None]:
+        """Turn redis-py's errors (and the socket's) into the StoreError hierarchy;
+        around a sync call or an ``await`` alike."""
+        import redis
+
         try:
-            return what()
+            yield
         except StoreError:
-            raise
-        except Exception as exc:
-            import redis
-
-            if isinstance(exc, (redis.RedisError, OSError)):
-                raise _store_error(exc, self._public_url) from exc
-            raise
-
-    async def _acall(self, what: Any) -> Any:
-        try:
-            return await what()
-        except StoreError:
-            raise
-        except Exception as exc:
-            import redis
-
-            if isinstance(exc, (redis.RedisError, OSError)):
-                raise _store_error(exc, self._public_url) from exc
-            raise
+            raise  # ours already (StoreConnectionError is an OSError too)
+        except (redis.RedisError, OSError) as exc:
+            raise _store_error(exc, self._public_url) from exc
 
     # -- the BaseStore interface ------------------------------------------------------
 
@@ -358,7 +347,9 @@ class _RedisStoreBase(BaseStore[str, V]):
         client = self._sync()
         if not key_list:
             return []
-        return self._decode_values(self._call(lambda: client.mget(self._value_keys(key_list))))
+        with self._errors_mapped():
+            values = client.mget(self._value_keys(key_list))
+        return self._decode_values(values)
 
     def mset(self, key_value_pairs: Iterable[tuple[str, V]], *, ttl_s: Any = _STORE_TTL) -> None:
         """As :meth:`SharedByteStore.mset <shmstore.SharedByteStore.mset>`: one script,
@@ -373,7 +364,8 @@ class _RedisStoreBase(BaseStore[str, V]):
         args = self._mset_args(key_value_pairs, ttl_s)
         client = self._sync()
         if args is not None:
-            self._call(lambda: self._mset_script(keys=args[0], args=args[1], client=client))
+            with self._errors_mapped():
+                self._mset_script(keys=args[0], args=args[1], client=client)
 
     def mdelete(self, keys: Iterable[str]) -> None:
         """As :meth:`SharedByteStore.mdelete <shmstore.SharedByteStore.mdelete>`:
@@ -383,13 +375,10 @@ class _RedisStoreBase(BaseStore[str, V]):
         if not key_list:
             return
 
-        def delete() -> Any:
-            with client.pipeline(transaction=True) as pipe:
-                pipe.delete(*self._value_keys(key_list))
-                pipe.zrem(self._order_key, *map(_encode_key, key_list))
-                return pipe.execute()
-
-        self._call(delete)
+        with self._errors_mapped(), client.pipeline(transaction=True) as pipe:
+            pipe.delete(*self._value_keys(key_list))
+            pipe.zrem(self._order_key, *map(_encode_key, key_list))
+            pipe.execute()
 
     def yield_keys(self, *, prefix: str | None = None) -> Iterator[str]:
         """As :meth:`SharedByteStore.yield_keys <shmstore.SharedByteStore.yield_keys>`:
@@ -397,13 +386,12 @@ class _RedisStoreBase(BaseStore[str, V]):
         script, run when iteration starts)."""
         check_prefix(prefix)
         client = self._sync()
-        found = self._call(
-            lambda: self._keys_script(
+        with self._errors_mapped():
+            found = self._keys_script(
                 keys=[self._order_key],
                 args=[self._values_prefix, _encode_key(prefix or "")],
                 client=client,
             )
-        )
         yield from map(_decode_key, found)
 
     async def amget(self, keys: Iterable[str]) -> list[V | None]:
@@ -412,7 +400,8 @@ class _RedisStoreBase(BaseStore[str, V]):
         client, _, _ = self._aclient()
         if not key_list:
             return []
-        values = await self._acall(lambda: client.mget(self._value_keys(key_list)))
+        with self._errors_mapped():
+            values = await client.mget(self._value_keys(key_list))
         return self._decode_values(values)
 
     async def amset(
@@ -422,7 +411,8 @@ class _RedisStoreBase(BaseStore[str, V]):
         args = self._mset_args(key_value_pairs, ttl_s)
         client, mset_script, _ = self._aclient()
         if args is not None:
-            await self._acall(lambda: mset_script(keys=args[0], args=args[1], client=client))
+            with self._errors_mapped():
+                await mset_script(keys=args[0], args=args[1], client=client)
 
     async def amdelete(self, keys: Iterable[str]) -> None:
         """Native async :meth:`mdelete`."""
@@ -431,25 +421,22 @@ class _RedisStoreBase(BaseStore[str, V]):
         if not key_list:
             return
 
-        async def delete() -> Any:
+        with self._errors_mapped():
             async with client.pipeline(transaction=True) as pipe:
                 pipe.delete(*self._value_keys(key_list))
                 pipe.zrem(self._order_key, *map(_encode_key, key_list))
-                return await pipe.execute()
-
-        await self._acall(delete)
+                await pipe.execute()
 
     async def ayield_keys(self, *, prefix: str | None = None) -> AsyncIterator[str]:
         """Native async :meth:`yield_keys`."""
         check_prefix(prefix)
         client, _, keys_script = self._aclient()
-        found = await self._acall(
-            lambda: keys_script(
+        with self._errors_mapped():
+            found = await keys_script(
                 keys=[self._order_key],
                 args=[self._values_prefix, _encode_key(prefix or "")],
                 client=client,
             )
-        )
         for raw in found:
             yield _decode_key(raw)
 

@@ -39,9 +39,6 @@ class Sieve:
         self._hand = 0  # the queue position the hand is at
         self._holes = 0
 
-    def __len__(self) -> int:
-        return len(self._pos)
-
     def keys(self) -> list[bytes]:
         """The queue, tail (oldest) first."""
         return [k for k in self._queue if k is not None]

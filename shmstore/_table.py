@@ -18,10 +18,11 @@ made for it together, and the store never holds more than ``max_store_bytes``.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 
 from . import _hot
 from . import _layout as L
@@ -193,7 +194,8 @@ class Table:
         room = self._limits.max_store_bytes - self._live_bytes + expired_bytes
         if sieve is not None or added > room:
             final = dict(zip(encoded, lengths, strict=True))
-            growth, new_keys = self._growth(final, set(expired))
+            expired_set = set(expired)
+            growth, new_keys = self._growth(final, expired_set)
             over = growth - room
             if over > 0:
                 own = sum(map(len, final)) + sum(final.values())
@@ -203,7 +205,7 @@ class Table:
                         f"the store would hold {total if sieve is None else own} bytes of keys "
                         f"and values, over max_store_bytes={self._limits.max_store_bytes}"
                     )
-                protected: Collection[bytes] = final.keys() | set(expired) if expired else final
+                protected: Collection[bytes] = final.keys() | expired_set if expired else final
                 assert index.visited is not None
                 victims, freed = sieve.select(
                     over, protected, self._slots_of, index.slots, index.visited
@@ -227,10 +229,7 @@ class Table:
         owned = type(values) is list and set(map(type, values)) <= {bytes}
         if not owned:
             hot.place(arena.buffers, refs, encoded, values)
-        window = encoded + removed if removed else encoded
-        hot.stripes_enter(self._header, window)
-        self._header[L.W_STATS_SEQ] += 1  # odd: statistics are changing
-        try:
+        with self._window(encoded + removed if removed else encoded):
             if acknowledge is not None:
                 acknowledge()
             if owned:
@@ -256,21 +255,12 @@ class Table:
                 self._deadlines.add(expires, encoded)
                 if self._deadlines.recorded > 2 * self._live + _STALE_DEADLINES:
                     self._record_deadlines_again()
-        finally:
-            self._header[L.W_STATS_SEQ] += 1
-            hot.stripes_exit(self._header, window)
 
     def delete_many(self, keys: list[str]) -> None:
         """Remove the keys; missing ones are ignored."""
         encoded = _encode(keys)
-        hot = self._hot
-        hot.stripes_enter(self._header, encoded)
-        self._header[L.W_STATS_SEQ] += 1
-        try:
+        with self._window(encoded):
             self._header[L.W_DELETES] += self._remove(encoded)
-        finally:
-            self._header[L.W_STATS_SEQ] += 1
-            hot.stripes_exit(self._header, encoded)
 
     def next_deadline_before(self, deadline: int) -> bool:
         """Whether an entry's deadline earlier than ``deadline`` is recorded."""
@@ -285,15 +275,9 @@ class Table:
         """
         expired, _ = self._expired(time.monotonic_ns(), limit)
         if expired:
-            hot = self._hot
-            hot.stripes_enter(self._header, expired)
-            self._header[L.W_STATS_SEQ] += 1
-            try:
+            with self._window(expired):
                 self._remove(expired)
                 self._header[L.W_EXPIRATIONS] += len(expired)
-            finally:
-                self._header[L.W_STATS_SEQ] += 1
-                hot.stripes_exit(self._header, expired)
         return self._deadlines.next
 
     def close(self) -> None:
@@ -311,6 +295,19 @@ class Table:
         header[L.W_LIVE_KEYS] = self._live
         header[L.W_LIVE_BYTES] = self._live_bytes
         header[L.W_NEXT_ORDER] = self._next_order
+
+    @contextlib.contextmanager
+    def _window(self, encoded: list[bytes]) -> Iterator[None]:
+        """The write window on the keys' stripes (see :mod:`shmstore._layout`), with
+        the statistics' seqlock held odd for as long."""
+        hot, header = self._hot, self._header
+        hot.stripes_enter(header, encoded)
+        header[L.W_STATS_SEQ] += 1
+        try:
+            yield
+        finally:
+            header[L.W_STATS_SEQ] += 1
+            hot.stripes_exit(header, encoded)
 
     def _remove(self, encoded: list[bytes]) -> int:
         """Delete the keys that are in the index, inside a write window open on their

@@ -659,3 +659,46 @@ def write_versions_forever(store, keys: list[str], progress) -> None:
             v += 1
     except shmstore.StoreConnectionError:
         sys.exit(1)
+
+
+def run_with_private_shm(script_text: str, size: str, directory, timeout_s: float):
+    """Run ``script_text`` in a new Python whose /dev/shm is a private tmpfs of
+    ``size`` (as ``16m``), in a mount namespace of its own; its CompletedProcess.
+    Skips the calling test where that cannot be made (not root, no unshare)."""
+    import subprocess
+
+    import pytest
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare to give /dev/shm a small size")
+    script = directory / "script.py"
+    script.write_text(script_text)
+    mount = f'mount -t tmpfs -o size={size} tmpfs /dev/shm && exec "{sys.executable}" "{script}"'
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", mount],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+    if "mount:" in done.stderr or "unshare:" in done.stderr:
+        pytest.skip(f"cannot make a private /dev/shm here: {done.stderr.strip()}")
+    return done
+
+
+def reader_against_writer(store, versions: int) -> tuple[int, int, int]:
+    """A spawned reader of 64 keys while a spawned writer overwrites them all in one
+    batch per version; the reader's (reads, mixed reads, versions seen). Both must
+    exit cleanly."""
+    ctx = multiprocessing.get_context("spawn")
+    keys = [f"atomic:{i}" for i in range(64)]
+    ready, done, results = ctx.Event(), ctx.Event(), ctx.SimpleQueue()
+    reader = ctx.Process(target=read_batches, args=(store, keys, ready, done, results))
+    writer = ctx.Process(target=write_versions, args=(store, keys, versions, ready, done))
+    reader.start()
+    writer.start()
+    writer.join()
+    seen = results.get()
+    reader.join()
+    results.close()
+    assert (writer.exitcode, reader.exitcode) == (0, 0)
+    return seen

@@ -92,25 +92,37 @@ def _redis_server(_long_lived_helpers):
         yield None
         return
     directory = tempfile.mkdtemp(prefix="shmstore-redis-")
-    path = os.path.join(directory, "redis.sock")
-    server = subprocess.Popen(
-        ["redis-server", "--port", "0", "--unixsocket", path, "--unixsocketperm", "700",
-         "--save", "", "--appendonly", "no", "--dir", directory],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    # Ready once it answers PING: by then it has also renamed its process (which the
-    # leak check compares), so no test sees the rename.
-    while not _pong(path):
-        if server.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("redis-server did not start")
-        time.sleep(0.01)
+    server = start_redis(directory, "--appendonly", "no")
     try:
-        yield path
+        yield os.path.join(directory, "redis.sock")
     finally:
         server.terminate()
         server.wait()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def start_redis(directory: str, *options: str) -> subprocess.Popen:
+    """A redis-server on the unix socket ``<directory>/redis.sock``, no snapshots, its
+    files in ``directory``, with ``options`` added; returned once it answers.
+
+    :raises RuntimeError: it exited or did not answer within 20 s.
+    """
+    path = os.path.join(directory, "redis.sock")
+    server = subprocess.Popen(
+        ["redis-server", "--port", "0", "--unixsocket", path, "--unixsocketperm", "700",
+         "--save", "", "--dir", directory, *options],
+        stdout=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    # Ready once it answers: by then it has also renamed its process (which the leak
+    # check compares), so no test sees the rename.
+    while not _pong(path):
+        if server.poll() is not None or time.monotonic() > deadline:
+            server.kill()
+            server.wait()
+            raise RuntimeError("redis-server did not start")
+        time.sleep(0.01)
+    return server
 
 
 def _pong(path: str) -> bool:
@@ -144,10 +156,7 @@ def backend(request, monkeypatch):
     paths of a shared-memory store (see ``data_path``), and a Redis store on the
     session's server, in a namespace of its own. A factory: ``backend.make(cls_name)``
     gives a new store of ``SharedByteStore``'s or ``SharedStore``'s kind."""
-    if request.param == "staged":
-        monkeypatch.setenv("SHMSTORE_STAGE_BYTES", "0")
-    elif request.param == "manager":
-        monkeypatch.setenv("SHMSTORE_DIRECT_READS", "0")
+    _select_data_path(request.param, monkeypatch)
     url = request.getfixturevalue("redis_url") if request.param == "redis" else None
     return _Backend(request.param, url)
 
@@ -200,11 +209,15 @@ def data_path(request, monkeypatch):
     mset staged through a shared-memory segment; every read answered by the manager.
     Selected as a user would, through the environment of the process that creates the
     store (the store carries the choice to its manager and every proxy)."""
-    if request.param == "staged":
-        monkeypatch.setenv("SHMSTORE_STAGE_BYTES", "0")
-    elif request.param == "manager":
-        monkeypatch.setenv("SHMSTORE_DIRECT_READS", "0")
+    _select_data_path(request.param, monkeypatch)
     return request.param
+
+
+def _select_data_path(name: str, monkeypatch) -> None:
+    if name == "staged":
+        monkeypatch.setenv("SHMSTORE_STAGE_BYTES", "0")
+    elif name == "manager":
+        monkeypatch.setenv("SHMSTORE_DIRECT_READS", "0")
 
 
 @pytest.fixture(params=["SharedByteStore", "SharedStore"])

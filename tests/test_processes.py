@@ -124,20 +124,7 @@ def test_forked_child_of_the_owner_is_not_an_owner(byte_store):
 
 
 def test_concurrent_reader_sees_each_mset_whole_or_not_at_all(byte_store):
-    ctx = multiprocessing.get_context("spawn")
-    keys = [f"atomic:{i}" for i in range(64)]
-    ready, done, results = ctx.Event(), ctx.Event(), ctx.SimpleQueue()
-    reader = ctx.Process(
-        target=_workers.read_batches, args=(byte_store, keys, ready, done, results)
-    )
-    writer = ctx.Process(target=_workers.write_versions, args=(byte_store, keys, 300, ready, done))
-    reader.start()
-    writer.start()
-    writer.join()
-    reads, mixed, versions_seen = results.get()
-    reader.join()
-    results.close()
-    assert (writer.exitcode, reader.exitcode) == (0, 0)
+    reads, mixed, versions_seen = _workers.reader_against_writer(byte_store, 300)
     assert mixed == 0
     assert reads > 0 and versions_seen > 1  # the reader really overlapped the writer
 

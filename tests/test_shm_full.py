@@ -3,13 +3,9 @@ SIGBUS, and the store keeps serving reads and writes that fit."""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 import textwrap
 
-import pytest
+from tests import _workers
 
 # Run in a private mount namespace whose /dev/shm is a 16 MiB tmpfs, so "full" is
 # reached in a second without touching the machine's real /dev/shm.
@@ -45,25 +41,6 @@ _SCRIPT = textwrap.dedent(
 
 
 def test_full_shared_memory_refuses_the_write_and_keeps_serving(tmp_path):
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("needs root and unshare to give /dev/shm a small size")
-    script = tmp_path / "full.py"
-    script.write_text(_SCRIPT)
-    done = subprocess.run(
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            f'mount -t tmpfs -o size=16m tmpfs /dev/shm && exec "{sys.executable}" "{script}"',
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if "mount:" in done.stderr or "unshare:" in done.stderr:
-        pytest.skip(f"cannot make a private /dev/shm here: {done.stderr.strip()}")
+    done = _workers.run_with_private_shm(_SCRIPT, "16m", tmp_path, timeout_s=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["manager", "full", "staging", "full", "ok"]

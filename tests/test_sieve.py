@@ -5,10 +5,6 @@ container case, a 64 MiB /dev/shm filled by CacheBackedEmbeddings."""
 from __future__ import annotations
 
 import multiprocessing
-import os
-import shutil
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -272,25 +268,6 @@ _CONTAINER = textwrap.dedent(
 
 
 def test_container_with_64_mib_of_shared_memory_keeps_caching(tmp_path):
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("needs root and unshare to give /dev/shm a small size")
-    script = tmp_path / "container.py"
-    script.write_text(_CONTAINER)
-    done = subprocess.run(
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            f'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "{sys.executable}" "{script}"',
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if "mount:" in done.stderr or "unshare:" in done.stderr:
-        pytest.skip(f"cannot make a private /dev/shm here: {done.stderr.strip()}")
+    done = _workers.run_with_private_shm(_CONTAINER, "64m", tmp_path, timeout_s=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[0] == "ok"
