@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 from multiprocessing.connection import wait
+from typing import Any
 
 import msgpack
 
@@ -65,10 +66,13 @@ class ManagerProcess:
         policy: Policy,
         segment_bytes: int,
         start_timeout_s: float,
+        tracking: dict[str, Any] | None = None,
     ) -> ManagerProcess:
         """Start a manager serving ``paths`` and wait until it accepts connections.
 
         :param start_timeout_s: seconds to wait for the manager to report ready.
+        :param tracking: a near cache's origin (see :class:`~shmstore._manager.Manager`);
+            it may hold a password, so it goes through the manager's stdin only.
         :raises StoreError: it reported an error, exited, or was not ready in time; the
             process is gone and its files removed when this is raised.
         """
@@ -97,6 +101,7 @@ class ManagerProcess:
             "segment_bytes": segment_bytes,
             "options": options._asdict(),
             "policy": policy._asdict(),
+            "tracking": tracking,
         }
         try:
             with process.stdin:

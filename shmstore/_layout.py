@@ -17,7 +17,10 @@ one aligned 8-byte access, which is atomic on x86-64.
     17 EVICTIONS  18 EXPIRATIONS  19 SETS  20 DELETES
     21 STATS_SEQ (odd while a write changes words 3-5 and 15-20: a seqlock for
        :func:`shmstore._stats.read_stats`, which only readers of statistics wait on)
-    22-511 reserved (zero)
+    22 INVALIDATION_SEQ (a near cache's: the number of the last invalidation
+       applied, which a proxy reads before it reads the origin; see
+       :mod:`shmstore._invalidation`; 0 in every other store)
+    23-511 reserved (zero)
 Words 10-12 are the store's data-path options (:mod:`shmstore._options`), set by its
 owner and read by every proxy, so every process of a store takes the same paths;
 13-14 its cache policy (:mod:`shmstore._policy`); 15-20 counters only the manager
@@ -127,6 +130,7 @@ W_DIRECT_READS, W_STAGE_BYTES, W_IMPLEMENTATION = 10, 11, 12
 W_EVICTION, W_DEFAULT_TTL_NS = 13, 14
 W_HITS, W_MISSES, W_EVICTIONS, W_EXPIRATIONS, W_SETS, W_DELETES = 15, 16, 17, 18, 19, 20
 W_STATS_SEQ = 21
+W_INVALIDATION_SEQ = 22
 HEADER_WORDS = 512
 
 #: Stripe version words, after the header. 16,384 stripes (128 KiB): two batches of 64

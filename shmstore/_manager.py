@@ -21,6 +21,11 @@ writes its configuration as one msgpack map to its stdin, and waits for the line
   staging segments it left are unlinked.
 * **a reserver thread** keeps arena pages reserved ahead of need (:class:`_Reserver`),
   in system calls that release the GIL, beside the connection threads.
+* **a tracker thread**, in a near cache only (:mod:`shmstore._nearcache`), holds the
+  origin Redis server's tracking connection (:mod:`shmstore._tracking`) and applies
+  what it reports: each invalidation removes its keys and takes the next number of
+  the invalidation sequence (:mod:`shmstore._invalidation`), which decides whether a
+  proxy's later fill may be stored; a flush or a lost connection empties the store.
 * **a sweeper thread** reclaims expired entries once their deadline has passed
   (:class:`_Sweeper`), so an idle store does not hold expired data; it sleeps while
   nothing is due.
@@ -54,6 +59,7 @@ import msgpack
 
 from . import _protocol as proto
 from ._errors import ProtocolError, StoreError
+from ._invalidation import Invalidations
 from ._limits import Limits
 from ._options import Options
 from ._policy import Policy
@@ -101,6 +107,8 @@ class Manager:
     :param segment_bytes: virtual size of each arena segment.
     :param options: the store's data-path options (:mod:`shmstore._options`).
     :param policy: the store's cache policy (:mod:`shmstore._policy`).
+    :param tracking: for a near cache, its origin: ``{"url", "prefix", "timeout_s"}``
+        (see :class:`~shmstore._tracking.Tracker`); ``None`` for any other store.
     """
 
     def __init__(
@@ -112,8 +120,13 @@ class Manager:
         segment_bytes: int,
         options: Options,
         policy: Policy,
+        tracking: dict[str, Any] | None = None,
     ) -> None:
         self._paths = paths
+        self._tracking = tracking
+        self._invalidations: Invalidations | None = None
+        self._tracker: Any = None
+        self._table_closed = False
         self._options = options
         self._policy = policy
         self._authkey = authkey
@@ -164,11 +177,56 @@ class Manager:
         self._readers = ReaderTable(self._paths.segment_prefix, self._table.header)
         self._reserver = _Reserver(self._table, self._table_lock)
         self._sweeper = _Sweeper(self._table, self._table_lock)
+        if self._tracking is not None:
+            self._start_tracker(self._table, self._tracking)
         self._selector.register(listener, selectors.EVENT_READ, self._accept)
         self._selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeups)
         signal.set_wakeup_fd(self._wake_w)
         signal.signal(signal.SIGTERM, self.stop_soon)
         self._watch_owner()
+
+    def _start_tracker(self, table: Table, tracking: dict[str, Any]) -> None:
+        from ._tracking import CLIENT_NAME, Tracker
+
+        invalidations = self._invalidations = Invalidations(table.header)
+        lock = self._table_lock
+        # Each runs on the tracker's thread, under the table lock, and does nothing
+        # once the manager has begun to close the table.
+
+        def on_keys(keys: list[str]) -> None:
+            with lock:
+                if not self._table_closed:
+                    table.delete_many(keys)
+                    invalidations.record(keys)
+
+        def on_all() -> None:
+            with lock:
+                if not self._table_closed:
+                    table.delete_many(table.keys(None))
+                    invalidations.record_all()
+
+        def on_ready() -> None:
+            with lock:
+                invalidations.tracking = True
+                invalidations.record_all()  # fills that read the origin before it: refused
+
+        def on_lost() -> None:
+            with lock:
+                invalidations.tracking = False
+                if not self._table_closed:
+                    table.delete_many(table.keys(None))
+                    invalidations.record_all()
+
+        self._tracker = Tracker(
+            tracking["url"],
+            tracking["prefix"],
+            tracking["timeout_s"],
+            on_keys,
+            on_all,
+            on_ready,
+            on_lost,
+            f"{CLIENT_NAME}{os.getpid()}",
+        )
 
     def _watch_owner(self) -> None:
         try:
@@ -239,7 +297,10 @@ class Manager:
             self._reserver.stop()  # before the table unmaps what it may be reserving
         if self._sweeper is not None:
             self._sweeper.stop()
+        if self._tracker is not None:
+            self._tracker.stop()
         with self._table_lock:
+            self._table_closed = True
             if self._readers is not None:
                 self._readers.close()
             if self._table is not None:
@@ -363,12 +424,41 @@ class Manager:
         elif op == proto.MSET_SHM:
             self._apply_staged(table, staging, reply, *args)
             self._wake_sweeper(table, args[3])
+        elif op == proto.INVALIDATE:
+            table.delete_many(args[0])
+            return self._near().record(args[0])
+        elif op == proto.FILL:
+            self._fill(table, *args)
         elif op == proto.READER:
             assert self._readers is not None
             if session.reader_slot < 0:
                 session.reader_slot = self._readers.assign()
             return session.reader_slot
         return None
+
+    def _near(self) -> Invalidations:
+        if self._invalidations is None:
+            raise ProtocolError("this store is not a near cache")
+        return self._invalidations
+
+    def _fill(
+        self, table: Table, keys: list[str], values: list[bytes], ttl: int, seen: int
+    ) -> None:
+        """Store the keys of a near cache's fill that no invalidation applied after
+        ``seen`` has touched; remove the others. Best effort: a fill the store has no
+        room for is dropped (the next read asks the origin again)."""
+        fresh = self._near().fresh(keys, seen)
+        stale = [key for key, ok in zip(keys, fresh, strict=True) if not ok]
+        if stale:
+            table.delete_many(stale)
+            kept = [(k, v) for k, v, ok in zip(keys, values, fresh, strict=True) if ok]
+            keys, values = [k for k, _ in kept], [v for _, v in kept]
+        if keys:
+            try:
+                table.set_many(keys, values, None, ttl)
+            except StoreError:
+                table.delete_many(keys)
+            self._wake_sweeper(table, ttl)
 
     def _wake_sweeper(self, table: Table, ttl: int | None) -> None:
         if self._sweeper is not None and (ttl or (ttl is None and table.policy.ttl_ns)):
@@ -590,6 +680,7 @@ def main() -> int:
         config["segment_bytes"],
         Options(**config["options"]),
         Policy(**config["policy"]),
+        config.get("tracking"),
     )
     try:
         manager.open()

@@ -20,6 +20,13 @@ A request is an array whose first item is an opcode::
     [READER]                 -> int: the slot of the reader table (shmstore._stats)
                                 this connection's proxy counts its hits and misses
                                 in, until the connection ends; -1 if none is free
+    [INVALIDATE, keys]       -> int; a near cache's (shmstore._invalidation): removes
+                                the keys, records their invalidation, and returns its
+                                number
+    [FILL, keys, values, ttl, seen]
+                             -> None; a near cache's: stores each pair unless an
+                                invalidation after number ``seen`` touched its key
+                                (then removes the key); ``ttl`` as for MSET, never nil
 
 ``ttl`` is the batch's time to live in nanoseconds, 0 for none, or nil for the store's
 default.
@@ -55,6 +62,8 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 
 __all__ = [
+    "FILL",
+    "INVALIDATE",
     "KEYS",
     "MDELETE",
     "MGET",
@@ -74,6 +83,8 @@ MDELETE = 3
 KEYS = 4
 MSET_SHM = 5
 READER = 6
+INVALIDATE = 7
+FILL = 8
 
 _OK = 0
 _ERROR = 1
@@ -95,7 +106,7 @@ _ERROR_KINDS: dict[str, type[StoreError]] = {
 }
 
 # Number of items after the opcode, per request kind.
-_ARITY = {MGET: 1, MSET: 3, MDELETE: 1, KEYS: 1, MSET_SHM: 4, READER: 0}
+_ARITY = {MGET: 1, MSET: 3, MDELETE: 1, KEYS: 1, MSET_SHM: 4, READER: 0, INVALIDATE: 1, FILL: 4}
 _MAX_TTL_NS = (1 << 62) - 1
 _STAGING_SEGMENT = re.compile(r"s\d+\.\d+")
 
@@ -156,14 +167,16 @@ def parse_request(frame: bytes) -> tuple[int, list[Any]]:
         _fail(f"unknown opcode {op}")
     if len(args) != arity:
         _fail(f"opcode {op} takes {arity} arguments, got {len(args)}")
-    if op in (MGET, MDELETE):
+    if op in (MGET, MDELETE, INVALIDATE):
         _check_keys(args[0])
-    elif op == MSET:
+    elif op in (MSET, FILL):
         keys, values = _check_keys(args[0]), args[1]
         if type(values) is not list or len(values) != len(keys):
-            _fail("MSET needs an array of values as long as its array of keys")
+            _fail(f"opcode {op} needs an array of values as long as its array of keys")
         _check_types(values, bytes, "value")
         _check_ttl(args[2])
+        if op == FILL and (args[2] is None or type(args[3]) is not int or args[3] < 0):
+            _fail("FILL needs a ttl and a non-negative invalidation number")
     elif op == MSET_SHM:
         keys, segment, lengths = _check_keys(args[0]), args[1], args[2]
         if type(segment) is not str or not _STAGING_SEGMENT.fullmatch(segment):

@@ -19,6 +19,10 @@ is set, in order, so the last of a repeated key wins. ``mget`` is one ``MGET``.
 script: the sorted set in order, less the keys whose value has expired (removed from
 the set as it goes), filtered with a plain prefix comparison, never a glob. An expired
 key's member stays in the sorted set until the next listing or write of it.
+
+With ``near_cache_bytes``, a local :class:`~shmstore._nearcache.NearCache` shared by the
+processes of the host stands in front of the server; that module gives how reads,
+writes and invalidations go through it, and what a reader sees.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import contextlib
 import os
 import urllib.parse
 from collections.abc import AsyncIterator, Iterable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from ._batch import check_prefix, split_pairs
 from ._batch import key_list as checked_keys
@@ -41,6 +45,10 @@ from ._errors import (
 )
 from ._limits import Limits
 from ._policy import ttl_ns
+
+if TYPE_CHECKING:
+    from ._nearcache import NearCache
+    from ._store import SharedByteStore
 
 try:
     from langchain_core.stores import BaseStore
@@ -81,6 +89,17 @@ for i = 1, n do
   end
 end
 return n
+"""
+
+# The near cache's read of a batch: the values and, for each, its time to live in ms
+# (-1: none, -2: no such key), as of one moment.
+_MGET_PTTL = """
+local values, ttls = {}, {}
+for i = 1, #KEYS do
+  values[i] = redis.call('GET', KEYS[i])
+  ttls[i] = redis.call('PTTL', KEYS[i])
+end
+return {values, ttls}
 """
 
 # KEYS[1]: the sorted set; ARGV[1]: the value keys' prefix; ARGV[2]: the prefix to
@@ -172,6 +191,7 @@ class _RedisStoreBase(BaseStore[str, V]):
         max_value_bytes: int | None = None,
         max_batch_bytes: int | None = None,
         timeout_s: float = 5.0,
+        near_cache_bytes: int | None = None,
         **options: Any,
     ) -> None:
         for option in options:
@@ -181,6 +201,13 @@ class _RedisStoreBase(BaseStore[str, V]):
             raise ValueError(f"{option} does not apply to a Redis store: {reason}")
         if not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
             raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+        if near_cache_bytes is not None and (
+            type(near_cache_bytes) is not int or near_cache_bytes < 1 << 20
+        ):
+            raise ValueError(
+                f"near_cache_bytes must be None or an int of at least 1 MiB, "
+                f"got {near_cache_bytes!r}"
+            )
         self._namespace = _check_namespace(namespace)
         self._ttl_ns = ttl_ns(ttl_s)
         self._limits = Limits.resolve(max_value_bytes, max_batch_bytes)
@@ -192,10 +219,22 @@ class _RedisStoreBase(BaseStore[str, V]):
         self._order_key = prefix + b"o"
         self._seq_key = prefix + b"n"
         self._client: Any = None
-        # (event loop, client, (mset script, keys script)), made in the loop that uses it
-        self._async: tuple[Any, Any, tuple[Any, Any]] | None = None
+        # (event loop, client, (mset, keys, mget-pttl scripts)), made in the loop using it
+        self._async: tuple[Any, Any, tuple[Any, Any, Any]] | None = None
         self._closed = False
+        self._near: NearCache | None = None
         self._connect_sync()  # fails now, not at the first call, on a bad URL
+        if near_cache_bytes is not None:
+            from ._nearcache import NearCache
+
+            try:
+                with self._errors_mapped():  # the server's errors, as any call's
+                    self._sync().ping()
+                origin = {"url": url, "prefix": self._values_prefix, "timeout_s": self._timeout_s}
+                self._near = NearCache(origin, near_cache_bytes)
+            except BaseException:
+                self.close()
+                raise
 
     # -- connections ----------------------------------------------------------------
 
@@ -217,6 +256,7 @@ class _RedisStoreBase(BaseStore[str, V]):
         self._client = client
         self._mset_script = client.register_script(_MSET)
         self._keys_script = client.register_script(_KEYS)
+        self._mget_pttl_script = client.register_script(_MGET_PTTL)
 
     def _sync(self) -> Any:
         if self._closed:
@@ -236,14 +276,26 @@ class _RedisStoreBase(BaseStore[str, V]):
             held = self._async = (
                 loop,
                 client,
-                (client.register_script(_MSET), client.register_script(_KEYS)),
+                (
+                    client.register_script(_MSET),
+                    client.register_script(_KEYS),
+                    client.register_script(_MGET_PTTL),
+                ),
             )
         return held[1], held[2][0], held[2][1]
 
+    def _ascript_mget_pttl(self) -> Any:
+        self._aclient()
+        assert self._async is not None
+        return self._async[2][2]
+
     def close(self) -> None:
         """Close this proxy's connections, sync and async; the data stays on the
-        server. Idempotent."""
+        server. In the process that made the store, this also stops its near cache.
+        Idempotent."""
         self._closed = True
+        if self._near is not None:
+            self._near.close()
         if self._client is not None:
             self._client.close()
         held, self._async = self._async, None
@@ -277,8 +329,15 @@ class _RedisStoreBase(BaseStore[str, V]):
                 self._limits.max_value_bytes,
                 self._limits.max_batch_bytes,
                 self._timeout_s,
+                self._near,
             ),
         )
+
+    @property
+    def near_cache(self) -> SharedByteStore | None:
+        """The near cache, a local store whose :meth:`~shmstore.SharedByteStore.stats`
+        give its hits, misses and evictions; ``None`` without ``near_cache_bytes``."""
+        return self._near
 
     @property
     def namespace(self) -> str:
@@ -303,9 +362,7 @@ class _RedisStoreBase(BaseStore[str, V]):
         prefix = self._values_prefix
         return [prefix + _encode_key(k) for k in keys]
 
-    def _mset_args(
-        self, key_value_pairs: Iterable[Any], ttl_s: Any
-    ) -> tuple[list[bytes], list[Any]] | None:
+    def _mset_args(self, key_value_pairs: Iterable[Any], ttl_s: Any) -> _Write | None:
         ttl = self._ttl_ns if ttl_s is _STORE_TTL else ttl_ns(ttl_s)
         keys, values = split_pairs(key_value_pairs)
         encoded = self._encode_values(values)
@@ -319,7 +376,25 @@ class _RedisStoreBase(BaseStore[str, V]):
         for member, value in zip(members, encoded, strict=True):
             argv.append(member)
             argv.append(value)
-        return script_keys, argv
+        return _Write(script_keys, argv, keys)
+
+    def _fill_from(
+        self, keys: list[str], reply: list[Any], seen: int
+    ) -> list[bytes | None]:
+        """The values of a ``_MGET_PTTL`` reply, handed to the near cache first: the
+        ones found, living as long as the shortest time to live among them."""
+        values: list[bytes | None] = reply[0]
+        ttls: list[int] = reply[1]
+        found = [(k, v) for k, v in zip(keys, values, strict=True) if v is not None]
+        if found and self._near is not None:
+            lives = [ms for ms in ttls if ms > 0]
+            self._near.fill(
+                [k for k, _ in found],
+                [v for _, v in found],
+                min(lives) * 1_000_000 if lives else 0,
+                seen,
+            )
+        return values
 
     @contextlib.contextmanager
     def _errors_mapped(self) -> Iterator[None]:
@@ -347,9 +422,18 @@ class _RedisStoreBase(BaseStore[str, V]):
         client = self._sync()
         if not key_list:
             return []
+        near = self._near
+        if near is None:
+            with self._errors_mapped():
+                values = client.mget(self._value_keys(key_list))
+            return self._decode_values(values)
+        local = near.get(key_list)
+        if None not in local:
+            return self._decode_values(local)
+        seen = near.invalidation_seq()  # before the server is read: see _nearcache
         with self._errors_mapped():
-            values = client.mget(self._value_keys(key_list))
-        return self._decode_values(values)
+            reply = self._mget_pttl_script(keys=self._value_keys(key_list), client=client)
+        return self._decode_values(self._fill_from(key_list, reply, seen))
 
     def mset(self, key_value_pairs: Iterable[tuple[str, V]], *, ttl_s: Any = _STORE_TTL) -> None:
         """As :meth:`SharedByteStore.mset <shmstore.SharedByteStore.mset>`: one script,
@@ -361,11 +445,17 @@ class _RedisStoreBase(BaseStore[str, V]):
         :raises StoreConnectionError: the server cannot be reached; if raised after the
             request was sent, the batch was applied whole or not at all.
         """
-        args = self._mset_args(key_value_pairs, ttl_s)
+        write = self._mset_args(key_value_pairs, ttl_s)
         client = self._sync()
-        if args is not None:
-            with self._errors_mapped():
-                self._mset_script(keys=args[0], args=args[1], client=client)
+        if write is None:
+            return
+        near = self._near
+        if near is not None:
+            near.invalidate(write.keys)  # see _nearcache: before and after the server
+        with self._errors_mapped():
+            self._mset_script(keys=write.script_keys, args=write.argv, client=client)
+        if near is not None:
+            near.invalidate(write.keys)
 
     def mdelete(self, keys: Iterable[str]) -> None:
         """As :meth:`SharedByteStore.mdelete <shmstore.SharedByteStore.mdelete>`:
@@ -379,6 +469,8 @@ class _RedisStoreBase(BaseStore[str, V]):
             pipe.delete(*self._value_keys(key_list))
             pipe.zrem(self._order_key, *map(_encode_key, key_list))
             pipe.execute()
+        if self._near is not None:
+            self._near.invalidate(key_list)
 
     def yield_keys(self, *, prefix: str | None = None) -> Iterator[str]:
         """As :meth:`SharedByteStore.yield_keys <shmstore.SharedByteStore.yield_keys>`:
@@ -400,19 +492,37 @@ class _RedisStoreBase(BaseStore[str, V]):
         client, _, _ = self._aclient()
         if not key_list:
             return []
+        near = self._near
+        if near is None:
+            with self._errors_mapped():
+                values = await client.mget(self._value_keys(key_list))
+            return self._decode_values(values)
+        # The near cache's own requests are local round trips of tens of microseconds,
+        # made inline; only the server is awaited.
+        local = near.get(key_list)
+        if None not in local:
+            return self._decode_values(local)
+        seen = near.invalidation_seq()
+        script = self._ascript_mget_pttl()
         with self._errors_mapped():
-            values = await client.mget(self._value_keys(key_list))
-        return self._decode_values(values)
+            reply = await script(keys=self._value_keys(key_list), client=client)
+        return self._decode_values(self._fill_from(key_list, reply, seen))
 
     async def amset(
         self, key_value_pairs: Iterable[tuple[str, V]], *, ttl_s: Any = _STORE_TTL
     ) -> None:
         """Native async :meth:`mset`."""
-        args = self._mset_args(key_value_pairs, ttl_s)
+        write = self._mset_args(key_value_pairs, ttl_s)
         client, mset_script, _ = self._aclient()
-        if args is not None:
-            with self._errors_mapped():
-                await mset_script(keys=args[0], args=args[1], client=client)
+        if write is None:
+            return
+        near = self._near
+        if near is not None:
+            near.invalidate(write.keys)
+        with self._errors_mapped():
+            await mset_script(keys=write.script_keys, args=write.argv, client=client)
+        if near is not None:
+            near.invalidate(write.keys)
 
     async def amdelete(self, keys: Iterable[str]) -> None:
         """Native async :meth:`mdelete`."""
@@ -426,6 +536,8 @@ class _RedisStoreBase(BaseStore[str, V]):
                 pipe.delete(*self._value_keys(key_list))
                 pipe.zrem(self._order_key, *map(_encode_key, key_list))
                 await pipe.execute()
+        if self._near is not None:
+            self._near.invalidate(key_list)
 
     async def ayield_keys(self, *, prefix: str | None = None) -> AsyncIterator[str]:
         """Native async :meth:`yield_keys`."""
@@ -439,6 +551,15 @@ class _RedisStoreBase(BaseStore[str, V]):
             )
         for raw in found:
             yield _decode_key(raw)
+
+
+class _Write(NamedTuple):
+    """An ``mset`` ready to send: the script's keys and arguments, and the batch's keys
+    for the near cache."""
+
+    script_keys: list[bytes]
+    argv: list[Any]
+    keys: list[str]
 
 
 def _close_async_client(loop: Any, client: Any) -> None:
@@ -473,6 +594,13 @@ class RedisByteStore(_RedisStoreBase[bytes]):
     :param max_batch_bytes: largest ``mset`` (default 1 GiB).
     :param timeout_s: seconds to connect, and to wait for any reply (default 5):
         an unreachable or stalled server raises :class:`StoreConnectionError` then.
+    :param near_cache_bytes: if given (an ``int``, at least 1 MiB), a near cache of at
+        most that many bytes of keys and values, in shared memory, in front of the
+        server: a :class:`~shmstore.SharedByteStore` with SIEVE eviction, shared by this
+        process and every process it hands the store to (pickled or forked), whose
+        manager follows the server's invalidations (Redis 6 or newer). Reads it holds
+        make no request at all. What a reader sees is in the README's "A near cache";
+        it stops when this store is closed in the process that made it.
     :raises ValueError: a bad URL, namespace or option, or an option of the
         shared-memory stores that does not apply here (it says why).
 
@@ -509,6 +637,7 @@ def _rebuild(
     max_value_bytes: int,
     max_batch_bytes: int,
     timeout_s: float,
+    near: NearCache | None = None,
 ) -> Any:
     if had_password:
         password = os.environ.get(PASSWORD_ENV)
@@ -531,4 +660,5 @@ def _rebuild(
         timeout_s=timeout_s,
     )
     store._ttl_ns = ttl
+    store._near = near  # the owner's near cache, shared, not a new one
     return store

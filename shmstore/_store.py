@@ -109,11 +109,17 @@ class _SharedStoreBase(BaseStore[str, V]):
                 policy=policy,
                 segment_bytes=segment_bytes,
                 start_timeout_s=start_timeout_s,
+                tracking=self._tracking(),
             )
         except BaseException:
             paths.remove(authkey)
             raise
         self._init_proxy(paths, authkey, manager, (limits, options))
+
+    def _tracking(self) -> dict[str, Any] | None:
+        """The origin whose invalidations the manager follows: a near cache's
+        (:class:`~shmstore._nearcache.NearCache`); ``None`` here."""
+        return None
 
     def _init_proxy(
         self,

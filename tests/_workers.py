@@ -702,3 +702,17 @@ def reader_against_writer(store, versions: int) -> tuple[int, int, int]:
     results.close()
     assert (writer.exitcode, reader.exitcode) == (0, 0)
     return seen
+
+
+def write_as_another_host(url: str, namespace: str, key: str, value: bytes, results) -> None:
+    """Be another host: a store with a near cache of its own, which reads ``key``, writes
+    ``value`` to it, and reads it back; puts (the time its write returned, on
+    CLOCK_MONOTONIC, which every process of the machine shares; what it read before;
+    what it read after) on ``results``, then closes."""
+    import shmstore
+
+    with shmstore.RedisByteStore(url, namespace=namespace, near_cache_bytes=1 << 20) as store:
+        before = store.mget([key])
+        store.mset([(key, value)])
+        done = time.monotonic()
+        results.put((done, before, store.mget([key])))

@@ -147,17 +147,59 @@ def redis_url(_redis_server):
     return f"unix://{_redis_server}"
 
 
+class _PrivateServer:
+    """A redis-server of one test's own in ``directory``: started, killed, started again
+    on the same files."""
+
+    def __init__(self, directory: str, *options: str) -> None:
+        self.directory, self.options = directory, options
+        self.path = os.path.join(directory, "redis.sock")
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = start_redis(self.directory, *self.options)
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+def make_server():
+    """Start private servers with the options given; each is killed at the test's end."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    made = []
+
+    def make(*options: str) -> _PrivateServer:
+        server = _PrivateServer(tempfile.mkdtemp(prefix="shmstore-redis-own-"), *options)
+        made.append(server)
+        server.start()
+        return server
+
+    try:
+        yield make
+    finally:
+        for server in made:
+            server.kill()
+            shutil.rmtree(server.directory, ignore_errors=True)
+
+
 _NAMESPACES = iter(range(1 << 62))
 
 
-@pytest.fixture(params=["direct", "staged", "manager", "redis"])
+@pytest.fixture(params=["direct", "staged", "manager", "redis", "redis-near"])
 def backend(request, monkeypatch):
     """Every place a store's data lives and every way its values travel: the three data
     paths of a shared-memory store (see ``data_path``), and a Redis store on the
-    session's server, in a namespace of its own. A factory: ``backend.make(cls_name)``
-    gives a new store of ``SharedByteStore``'s or ``SharedStore``'s kind."""
+    session's server, in a namespace of its own, without and with a near cache. A
+    factory: ``backend.make(cls_name)`` gives a new store of ``SharedByteStore``'s or
+    ``SharedStore``'s kind."""
     _select_data_path(request.param, monkeypatch)
-    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    redis = request.param.startswith("redis")
+    url = request.getfixturevalue("redis_url") if redis else None
     return _Backend(request.param, url)
 
 
@@ -168,10 +210,12 @@ class _Backend:
     def make(self, cls_name: str, **options):
         import shmstore
 
-        if self.name != "redis":
+        if self.url is None:
             return getattr(shmstore, cls_name)(**options)
         redis_cls = {"SharedByteStore": "RedisByteStore", "SharedStore": "RedisStore"}[cls_name]
         namespace = f"t{os.getpid()}.{next(_NAMESPACES)}"
+        if self.name == "redis-near":
+            options.setdefault("near_cache_bytes", 16 << 20)
         return getattr(shmstore, redis_cls)(self.url, namespace=namespace, **options)
 
     def __repr__(self):

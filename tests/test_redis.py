@@ -8,9 +8,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
-import shutil
-import subprocess
-import tempfile
 import time
 
 import pytest
@@ -122,48 +119,6 @@ def test_an_absent_server_is_a_prompt_connection_error(tmp_path):
             store.mset([("k", b"v")])
     finally:
         store.close()
-
-
-class _PrivateServer:
-    """A redis-server of one test's own in ``directory``: started, killed, started again
-    on the same files."""
-
-    def __init__(self, directory: str, *options: str) -> None:
-        self.directory, self.options = directory, options
-        self.path = os.path.join(directory, "redis.sock")
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        from tests.conftest import start_redis
-
-        self.process = start_redis(self.directory, *self.options)
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
-
-
-@pytest.fixture
-def make_server():
-    """Start private servers with the options given; each is killed at the test's end."""
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed")
-    made = []
-
-    def make(*options: str) -> _PrivateServer:
-        server = _PrivateServer(tempfile.mkdtemp(prefix="shmstore-redis-own-"), *options)
-        made.append(server)
-        server.start()
-        return server
-
-    try:
-        yield make
-    finally:
-        for server in made:
-            server.kill()
-            shutil.rmtree(server.directory, ignore_errors=True)
 
 
 @pytest.fixture
