@@ -33,6 +33,7 @@ def _embed(options: argparse.Namespace) -> int:
         progress=not options.quiet,
         max_cache_bytes=options.max_cache_bytes,
         store_url=options.store,
+        near_cache_bytes=options.near_cache_bytes,
     )
     print(summary.render())
     return 0
@@ -133,6 +134,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="share the cache in this store instead of a new local one: shm://NAME, or "
         "redis://host:6379/0?namespace=NS (several hosts, one cache)",
+    )
+    embed.add_argument(
+        "--near-cache-bytes",
+        type=parse_size,
+        metavar="SIZE",
+        default=None,
+        help="with a Redis --store: keep a near cache of this size in this host's "
+        "shared memory (e.g. 256MiB)",
     )
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     options = parser.parse_args(argv)

@@ -18,7 +18,8 @@ def connect(url: str, **options: Any) -> Any:
       (:meth:`SharedByteStore.attach <shmstore.SharedByteStore.attach>`);
     * ``redis://``, ``rediss://`` (TLS), ``unix:///path.sock``: a
       :class:`~shmstore.RedisByteStore`, its namespace the URL's ``?namespace=``
-      parameter (required; taken out of the URL the server sees).
+      parameter (required), on a Redis Cluster with ``&cluster=true`` (both taken
+      out of the URL the server sees).
 
     :param options: passed to the store's constructor (``ttl_s``, the limits, ...).
     :raises ValueError: an unknown scheme, or a Redis URL without a namespace.
@@ -43,7 +44,14 @@ def connect(url: str, **options: Any) -> Any:
         namespaces = [value for key, value in query if key == "namespace"]
         if len(namespaces) != 1:
             raise ValueError(f"a Redis URL needs one ?namespace= parameter, got {url!r}")
-        rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "namespace"])
+        clusters = [value.lower() for key, value in query if key == "cluster"]
+        if clusters:
+            if clusters not in (["true"], ["false"], ["1"], ["0"]):
+                raise ValueError(f"a Redis URL's ?cluster= is true or false, got {url!r}")
+            options = {**options, "cluster": clusters[0] in ("true", "1")}
+        rest = urllib.parse.urlencode(
+            [(k, v) for k, v in query if k not in ("namespace", "cluster")]
+        )
         # Spelled out, not urlunsplit: that drops the "//" of unix:///path.
         server = f"{parts.scheme}://{parts.netloc}{parts.path}" + (f"?{rest}" if rest else "")
         return RedisByteStore(server, namespace=namespaces[0], **options)

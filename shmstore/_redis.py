@@ -192,6 +192,7 @@ class _RedisStoreBase(BaseStore[str, V]):
         max_batch_bytes: int | None = None,
         timeout_s: float = 5.0,
         near_cache_bytes: int | None = None,
+        cluster: bool = False,
         **options: Any,
     ) -> None:
         for option in options:
@@ -201,6 +202,15 @@ class _RedisStoreBase(BaseStore[str, V]):
             raise ValueError(f"{option} does not apply to a Redis store: {reason}")
         if not isinstance(timeout_s, (int, float)) or not timeout_s > 0:
             raise ValueError(f"timeout_s must be a positive number of seconds, got {timeout_s!r}")
+        if type(cluster) is not bool:
+            raise ValueError(f"cluster must be True or False, got {cluster!r}")
+        if cluster and near_cache_bytes is not None:
+            raise ValueError(
+                "near_cache_bytes does not apply to a Redis Cluster yet: the near cache "
+                "follows one server's invalidations, and a cluster may move the store's "
+                "slot to another"
+            )
+        self._cluster = cluster
         if near_cache_bytes is not None and (
             type(near_cache_bytes) is not int or near_cache_bytes < 1 << 20
         ):
@@ -239,18 +249,26 @@ class _RedisStoreBase(BaseStore[str, V]):
     # -- connections ----------------------------------------------------------------
 
     def _connect_options(self) -> dict[str, Any]:
-        return {
+        options: dict[str, Any] = {
             "socket_timeout": self._timeout_s,
             "socket_connect_timeout": self._timeout_s,
-            "retry_on_timeout": False,
         }
+        if not self._cluster:
+            options["retry_on_timeout"] = False
+        return options
 
     def _connect_sync(self) -> None:
         import redis
 
         try:
-            # redis-py's pool is fork-safe: a forked child opens its own connections.
-            client = redis.Redis.from_url(self._url, **self._connect_options())
+            # redis-py's pools are fork-safe: a forked child opens its own connections.
+            client: Any
+            if self._cluster:
+                from redis.cluster import RedisCluster
+
+                client = RedisCluster.from_url(self._url, **self._connect_options())
+            else:
+                client = redis.Redis.from_url(self._url, **self._connect_options())
         except ValueError as exc:
             raise ValueError(f"not a Redis URL: {self._public_url!r} ({exc})") from None
         self._client = client
@@ -272,7 +290,13 @@ class _RedisStoreBase(BaseStore[str, V]):
         loop = asyncio.get_running_loop()
         held = self._async
         if held is None or held[0] is not loop:
-            client = redis.asyncio.Redis.from_url(self._url, **self._connect_options())
+            client: Any
+            if self._cluster:
+                from redis.asyncio.cluster import RedisCluster
+
+                client = RedisCluster.from_url(self._url, **self._connect_options())
+            else:
+                client = redis.asyncio.Redis.from_url(self._url, **self._connect_options())
             held = self._async = (
                 loop,
                 client,
@@ -298,6 +322,12 @@ class _RedisStoreBase(BaseStore[str, V]):
             self._near.close()
         if self._client is not None:
             self._client.close()
+            if self._cluster:
+                # RedisCluster.close() leaves its nodes' pools connected (redis-py 8.1:
+                # each node's client was given its pool, so does not close it).
+                for node in self._client.get_nodes():
+                    if node.redis_connection is not None:
+                        node.redis_connection.connection_pool.disconnect()
         held, self._async = self._async, None
         if held is not None:
             _close_async_client(*held[:2])
@@ -330,6 +360,7 @@ class _RedisStoreBase(BaseStore[str, V]):
                 self._limits.max_batch_bytes,
                 self._timeout_s,
                 self._near,
+                self._cluster,
             ),
         )
 
@@ -566,8 +597,12 @@ def _close_async_client(loop: Any, client: Any) -> None:
     """Close an asyncio client's connections from outside its loop: through the loop
     if it can still run, else by closing their sockets (a closed loop never will)."""
     if loop.is_closed():
-        pool = client.connection_pool
-        for connection in [*pool._available_connections, *pool._in_use_connections]:
+        if hasattr(client, "get_nodes"):  # a cluster client: connections per node
+            connections = [c for node in client.get_nodes() for c in node._connections]
+        else:
+            pool = client.connection_pool
+            connections = [*pool._available_connections, *pool._in_use_connections]
+        for connection in connections:
             writer = getattr(connection, "_writer", None)
             sock = getattr(getattr(writer, "transport", None), "_sock", None)
             if sock is not None:
@@ -588,6 +623,9 @@ class RedisByteStore(_RedisStoreBase[bytes]):
     :param namespace: the store's name on the server: a non-empty ``str`` without
         braces. Every key of the store shares the hash tag ``{namespace}``, so one
         store lives in one slot of a Redis Cluster.
+    :param cluster: ``True`` for a Redis Cluster, ``url`` naming any of its nodes
+        (redis-py's ``RedisCluster``, which follows the store's slot to whichever node
+        holds it). Default ``False``.
     :param ttl_s: as for :class:`~shmstore.SharedByteStore` (deadlines on the
         server's clock, in milliseconds).
     :param max_value_bytes: largest value (default 512 MiB, Redis's own limit).
@@ -638,6 +676,7 @@ def _rebuild(
     max_batch_bytes: int,
     timeout_s: float,
     near: NearCache | None = None,
+    cluster: bool = False,
 ) -> Any:
     if had_password:
         password = os.environ.get(PASSWORD_ENV)
@@ -658,6 +697,7 @@ def _rebuild(
         max_value_bytes=max_value_bytes,
         max_batch_bytes=max_batch_bytes,
         timeout_s=timeout_s,
+        cluster=cluster,
     )
     store._ttl_ns = ttl
     store._near = near  # the owner's near cache, shared, not a new one

@@ -716,3 +716,33 @@ def write_as_another_host(url: str, namespace: str, key: str, value: bytes, resu
         store.mset([(key, value)])
         done = time.monotonic()
         results.put((done, before, store.mget([key])))
+
+
+def near_cache_host(url: str, namespace: str, role: str) -> None:
+    """One host of the network-namespace test, run as a script (``python -c``) inside a
+    namespace of its own; talks to the test on stdin and stdout, one line each way.
+
+    ``reader``: reads ``k`` (filling its near cache), says ``ready``, waits for a line,
+    then reads until ``k`` is ``v2`` and says ``saw <µs> <near-cache hits>``.
+    ``writer``: writes ``k`` = ``v2``, reads it back and says ``wrote <value>``.
+    """
+    import shmstore
+
+    with shmstore.RedisByteStore(url, namespace=namespace, near_cache_bytes=1 << 20) as store:
+        if role == "writer":
+            store.mset([("k", b"v2")])
+            print("wrote", store.mget(["k"])[0].decode(), flush=True)
+            return
+        store.mset([("k", b"v1")])
+        while store.near_cache.get(["k"]) != [b"v1"]:
+            store.mget(["k"])  # filled once this host's own write's report is in
+        assert store.mget(["k"]) == [b"v1"]
+        print("ready", flush=True)
+        sys.stdin.readline()
+        start = time.monotonic()
+        deadline = start + 10
+        while store.mget(["k"]) != [b"v2"] and time.monotonic() < deadline:
+            pass
+        seen = store.mget(["k"])[0].decode()
+        hits = store.near_cache.stats().hits
+        print("saw", seen, int((time.monotonic() - start) * 1e6), hits, flush=True)

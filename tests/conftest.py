@@ -51,9 +51,14 @@ def _children() -> set[tuple[int, str]]:
     return found
 
 
+# Processes of session fixtures started lazily, by the first test that needs them (the
+# Redis Cluster): part of every baseline from then on, not that test's leak.
+_SESSION_PIDS: set[int] = set()
+
+
 def _snapshot() -> dict[str, set[object]]:
     return {
-        "child processes": set(_children()),
+        "child processes": {c for c in _children() if c[0] not in _SESSION_PIDS},
         "file descriptors": set(os.listdir("/proc/self/fd")),
         "runtime-dir entries": set(os.listdir(_RUNTIME_DIR)),
         "/dev/shm entries": {e for e in os.listdir("/dev/shm") if e.startswith(_SEGMENTS)},
@@ -99,6 +104,90 @@ def _redis_server(_long_lived_helpers):
         server.terminate()
         server.wait()
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(_long_lived_helpers):
+    """``redis://`` URL of one node of a 3-master Redis Cluster of this test process's
+    own, on loopback ports, no persistence; started by the first test that asks (it
+    takes a few seconds), stopped at the session's end."""
+    if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
+        if os.environ.get("SHMSTORE_REQUIRE_REDIS") == "1":
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        pytest.skip("redis-server is not installed")
+    directory = tempfile.mkdtemp(prefix="shmstore-cluster-")
+    servers = []
+    try:
+        ports = _free_cluster_ports(3)
+        for port in ports:
+            node_dir = os.path.join(directory, str(port))
+            os.mkdir(node_dir)
+            servers.append(subprocess.Popen(
+                ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                 "--save", "", "--appendonly", "no", "--dir", node_dir],
+                stdout=subprocess.DEVNULL,
+            ))
+            _SESSION_PIDS.add(servers[-1].pid)
+        for port, server in zip(ports, servers, strict=True):
+            _wait_until(lambda p=port: _node(p, lambda c: c.ping()), server, 20)
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *[f"127.0.0.1:{p}" for p in ports],
+             "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, stdout=subprocess.DEVNULL, timeout=60,
+        )
+        for port, server in zip(ports, servers, strict=True):
+            _wait_until(lambda p=port: _node(p, _cluster_ok), server, 30)
+        yield f"redis://127.0.0.1:{ports[0]}/"
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _free_cluster_ports(count: int) -> list[int]:
+    """Loopback ports free now whose cluster bus ports (port + 10000) are free too."""
+    import socket
+
+    ports: list[int] = []
+    while len(ports) < count:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        if port > 55000 or port in ports:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
+
+
+def _node(port: int, check) -> bool:
+    """Whether ``check(client)`` holds for the server on a loopback port (False if it
+    does not answer)."""
+    import redis
+
+    try:
+        with redis.Redis(port=port, socket_timeout=2) as client:
+            return bool(check(client))
+    except redis.RedisError:
+        return False
+
+
+def _cluster_ok(client) -> bool:
+    return b"cluster_state:ok" in client.execute_command("CLUSTER", "INFO")
+
+
+def _wait_until(condition, server: subprocess.Popen, within_s: float) -> None:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if server.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the Redis Cluster did not come up")
+        time.sleep(0.05)
 
 
 def start_redis(directory: str, *options: str) -> subprocess.Popen:
@@ -190,16 +279,19 @@ def make_server():
 _NAMESPACES = iter(range(1 << 62))
 
 
-@pytest.fixture(params=["direct", "staged", "manager", "redis", "redis-near"])
+@pytest.fixture(params=["direct", "staged", "manager", "redis", "redis-near", "redis-cluster"])
 def backend(request, monkeypatch):
     """Every place a store's data lives and every way its values travel: the three data
     paths of a shared-memory store (see ``data_path``), and a Redis store on the
-    session's server, in a namespace of its own, without and with a near cache. A
-    factory: ``backend.make(cls_name)`` gives a new store of ``SharedByteStore``'s or
-    ``SharedStore``'s kind."""
+    session's server, in a namespace of its own, without and with a near cache, and on
+    a 3-master Redis Cluster. A factory: ``backend.make(cls_name)`` gives a new store of
+    ``SharedByteStore``'s or ``SharedStore``'s kind."""
     _select_data_path(request.param, monkeypatch)
-    redis = request.param.startswith("redis")
-    url = request.getfixturevalue("redis_url") if redis else None
+    url = None
+    if request.param == "redis-cluster":
+        url = request.getfixturevalue("redis_cluster")
+    elif request.param.startswith("redis"):
+        url = request.getfixturevalue("redis_url")
     return _Backend(request.param, url)
 
 
@@ -216,6 +308,8 @@ class _Backend:
         namespace = f"t{os.getpid()}.{next(_NAMESPACES)}"
         if self.name == "redis-near":
             options.setdefault("near_cache_bytes", 16 << 20)
+        elif self.name == "redis-cluster":
+            options.setdefault("cluster", True)
         return getattr(shmstore, redis_cls)(self.url, namespace=namespace, **options)
 
     def __repr__(self):

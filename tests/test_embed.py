@@ -97,7 +97,9 @@ def test_output_holds_one_model_embedding_per_unique_chunk(job):
 def test_a_cache_on_redis_outlives_the_run_and_serves_the_next(job, tmp_path, redis_url):
     url = f"{redis_url}?namespace=embed-{tmp_path.name}"
     _run(tmp_path / "first", "--store", url, "--passes", "1")
-    out, _ = _run(tmp_path / "second", "--store", url, "--passes", "1")
+    out, _ = _run(
+        tmp_path / "second", "--store", url, "--passes", "1", "--near-cache-bytes", "16MiB"
+    )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["passes"][0]["embedded"] == 0  # every chunk came from the first run
     assert summary["keys_in_store"] == summary["unique_chunks"]

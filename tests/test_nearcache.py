@@ -209,3 +209,38 @@ def test_near_cache_options_are_checked(redis_url, tmp_path):
         shmstore.RedisByteStore(
             f"unix://{tmp_path}/none.sock", namespace="x", near_cache_bytes=1 << 20, timeout_s=1
         )
+
+
+def test_the_invalidation_record_refuses_exactly_the_stale_fills():
+    from shmstore import _layout as L
+    from shmstore._invalidation import Invalidations
+
+    header = memoryview(bytearray(L.HEADER_WORDS * 8)).cast("Q")
+    record = Invalidations(header, keep=2)
+    assert record.fresh(["a"], 0) == [False]  # not tracking yet
+    record.tracking = True
+    start = record.record_all()  # as when tracking comes up
+    assert header[L.W_INVALIDATION_SEQ] == start
+    assert record.fresh(["a"], start - 1) == [False]  # read before tracking was up
+    a = record.record(["a"])
+    assert record.fresh(["a", "b"], start) == [False, True]
+    assert record.fresh(["a", "b"], a) == [True, True]
+    record.record(["b"])
+    record.record(["c"])  # "a" is forgotten: fills that read before its number are out
+    assert record.fresh(["z"], a - 1) == [False] and record.fresh(["z"], a) == [True]
+    assert record.fresh(["z"], record.seq + 1) == [False]  # a number not given yet
+    record.tracking = False
+    assert record.fresh(["z"], record.seq) == [False]
+
+
+def test_a_plain_store_refuses_the_near_cache_requests(byte_store):
+    from shmstore import _protocol as proto
+
+    for request in ([proto.INVALIDATE, ["k"]], [proto.FILL, ["k"], [b"v"], 0, 0]):
+        with (
+            shmstore.SharedByteStore.attach(byte_store.name) as peer,
+            pytest.raises(shmstore.ProtocolError, match="not a near cache"),
+        ):
+            peer._client.request(proto.pack(request))
+    byte_store.mset([("k", b"v")])
+    assert byte_store.mget(["k"]) == [b"v"]  # the store serves on

@@ -70,9 +70,53 @@ def test_every_key_of_a_store_shares_one_hash_tag(redis_store, redis_url):
         client.close()
 
 
-def test_a_reader_in_another_process_sees_each_mset_whole(redis_store):
-    reads, mixed, versions_seen = _workers.reader_against_writer(redis_store, 200)
+@pytest.mark.parametrize("server", ["server", "cluster"])
+def test_a_reader_in_another_process_sees_each_mset_whole(request, server):
+    if server == "cluster":
+        url, options = request.getfixturevalue("redis_cluster"), {"cluster": True}
+    else:
+        url, options = request.getfixturevalue("redis_url"), {}
+    namespace = f"atomic{os.getpid()}.{time.monotonic_ns()}"
+    with shmstore.RedisByteStore(url, namespace=namespace, **options) as store:
+        reads, mixed, versions_seen = _workers.reader_against_writer(store, 200)
     assert mixed == 0 and reads > 0 and versions_seen > 1
+
+
+def test_stores_spread_over_a_cluster_each_in_one_slot(redis_cluster):
+    import redis.cluster
+
+    namespaces = [f"spread{i}" for i in range(12)]
+    stores = [
+        shmstore.connect(f"{redis_cluster}?namespace={ns}&cluster=true") for ns in namespaces
+    ]
+    try:
+        owners = set()
+        for store in stores:
+            store.mset([("a", b"1"), ("b", b"2")], ttl_s=60)
+            store.mdelete(["a"])
+            assert store.mget(["a", "b"]) == [None, b"2"]
+            assert list(store.yield_keys()) == ["b"]
+            owners.add(store._client.get_node_from_key(f"shmstore:{{{store.namespace}}}:o").name)
+        assert len(owners) > 1  # the namespaces landed on several masters
+        client = redis.cluster.RedisCluster.from_url(redis_cluster)
+        try:
+            for ns in namespaces:  # every key of one store in one slot
+                names = client.keys(f"shmstore:{{{ns}}}:*", target_nodes="all")
+                assert len(names) == 3 and len({client.keyslot(n) for n in names}) == 1
+        finally:
+            client.close()
+            for node in client.get_nodes():  # which close() leaves connected
+                node.redis_connection.connection_pool.disconnect()
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_a_near_cache_on_a_cluster_is_refused_with_a_reason(redis_cluster):
+    with pytest.raises(ValueError, match="Cluster"):
+        shmstore.RedisByteStore(
+            redis_cluster, namespace="n", cluster=True, near_cache_bytes=1 << 20
+        )
 
 
 def test_time_to_live_on_the_server(redis_store):

@@ -172,6 +172,7 @@ def run_job(
     progress: bool = True,
     max_cache_bytes: int | None = None,
     store_url: str | None = None,
+    near_cache_bytes: int | None = None,
 ) -> JobSummary:
     """Embed ``chunks`` ``passes`` times with ``workers`` processes sharing one cache.
 
@@ -188,6 +189,8 @@ def run_job(
     :param store_url: use the store this URL names (:func:`shmstore.connect`:
         ``shm://NAME`` or a Redis URL with ``?namespace=``) instead of a new local
         one, so jobs on several hosts share one cache, and it outlives the run.
+    :param near_cache_bytes: with a Redis ``store_url``, a near cache of this many
+        bytes in this host's shared memory (:class:`~shmstore.RedisByteStore`).
     :raises ValueError: ``workers``, ``passes`` or ``batch_size`` is below 1, or there
         are no chunks.
     """
@@ -212,6 +215,8 @@ def run_job(
     )
     if store_url is not None and max_cache_bytes is not None:
         raise ValueError("a store given by URL is bounded where it runs, not by this job")
+    if near_cache_bytes is not None and store_url is None:
+        raise ValueError("a near cache stands in front of a Redis store: give --store URL")
     cache_options: dict[str, Any] = (
         {}
         if max_cache_bytes is None
@@ -225,7 +230,8 @@ def run_job(
             from .._redis import PASSWORD_ENV
 
             os.environ.setdefault(PASSWORD_ENV, urllib.parse.unquote(password))
-        store_cm: Any = connect(store_url)
+        near = {} if near_cache_bytes is None else {"near_cache_bytes": near_cache_bytes}
+        store_cm: Any = connect(store_url, **near)
     else:
         store_cm = SharedByteStore(**cache_options)
     torch_threads = max(1, (os.cpu_count() or 1) // workers)
