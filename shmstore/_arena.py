@@ -44,6 +44,9 @@ class Arena:
         self._bump = self._reserved_to = 0
         self._free: dict[int, list[int]] = {}
         self._size_of: dict[int, int] = {}  # key + value bytes -> entry bytes
+        # While a snapshot is being written from the arena (hold()), freed blocks wait
+        # here rather than on the free lists, so nothing it reads is overwritten.
+        self._held: list[tuple[list[int], list[int]]] | None = None
 
     @property
     def bump(self) -> int:
@@ -124,6 +127,9 @@ class Arena:
         on (the batch that freed them is past its write window's start)."""
         if not refs:
             return
+        if self._held is not None:
+            self._held.append((refs, used))
+            return
         free = self._free
         sizes = self.entry_sizes(used)
         if len(set(sizes)) == 1:
@@ -131,6 +137,19 @@ class Arena:
             return
         for ref, size in zip(refs, sizes, strict=True):
             free.setdefault(size, []).append(ref)
+
+    def hold(self) -> None:
+        """Keep every block allocated now as it is until :meth:`unhold`: blocks freed
+        meanwhile are reused only after it (a snapshot reads them outside the table
+        lock)."""
+        if self._held is None:
+            self._held = []
+
+    def unhold(self) -> None:
+        """Return the blocks freed since :meth:`hold` for reuse."""
+        held, self._held = self._held, None
+        for refs, used in held or ():
+            self.release(refs, used)
 
     def short_of_reserve(self) -> bool:
         """Whether :meth:`reservation_wanted` has work to give. Safe to ask without the

@@ -6,6 +6,7 @@ import argparse
 import itertools
 import os
 import sys
+from typing import Any
 
 
 def _embed(options: argparse.Namespace) -> int:
@@ -34,6 +35,7 @@ def _embed(options: argparse.Namespace) -> int:
         max_cache_bytes=options.max_cache_bytes,
         store_url=options.store,
         near_cache_bytes=options.near_cache_bytes,
+        cache_file=options.cache,
     )
     print(summary.render())
     return 0
@@ -72,12 +74,134 @@ def parse_size(text: str) -> int:
     return int(value)
 
 
+_EPILOG = """exit codes: 0 done, 1 no such store, 2 bad usage, 3 no such key (get),
+4 any other error of a store"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="shmstore",
         description="shmstore: one key-value store shared by every process of a job.",
+        epilog=_EPILOG,
     )
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_embed(commands)
+    _add_store_commands(commands)
+    options = parser.parse_args(argv)
+    if options.command == "embed":
+        return _run_reporting_errors(_embed, options)
+    return _run_reporting_errors(_store_command, options)
+
+
+def _run_reporting_errors(command: Any, options: argparse.Namespace) -> int:
+    """Run a command; a store's error becomes one line on stderr and its exit code."""
+    from ._commands import EXIT
+    from ._errors import StoreError, StoreNotFoundError
+
+    try:
+        code: int = command(options)
+        return code
+    except StoreNotFoundError as exc:
+        print(f"shmstore: {exc}", file=sys.stderr)
+        return EXIT["no store"]
+    except (StoreError, ValueError) as exc:
+        print(f"shmstore: {exc}", file=sys.stderr)
+        return EXIT["error"]
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        print(f"shmstore: needs the cli extra: pip install 'shmstore[cli]' ({exc})",
+              file=sys.stderr)
+        return EXIT["usage"]
+
+
+def _store_command(options: argparse.Namespace) -> int:
+    from . import _commands as c
+
+    name: str = getattr(options, "name", "")
+    where: str | None = options.runtime_dir
+    command = options.command
+    if command == "serve":
+        from ._serve import serve
+
+        return serve(name, where, _serve_options(options))
+    if command == "ls":
+        return c.ls(where, options.json)
+    if command == "stats":
+        return c.stats(name, where, options.json, options.watch)
+    if command == "keys":
+        return c.keys(name, where, options.prefix, options.limit, options.json)
+    if command == "get":
+        return c.get(name, where, options.key)
+    if command == "put":
+        return c.put(name, where, options.key, options.value)
+    if command == "delete":
+        return c.delete(name, where, options.keys)
+    assert command == "stop"
+    return c.stop(name, where)
+
+
+def _serve_options(options: argparse.Namespace) -> dict[str, Any]:
+    chosen: dict[str, Any] = {
+        "max_store_bytes": options.max_bytes,
+        "eviction_policy": options.eviction_policy,
+        "ttl_s": options.ttl,
+        "snapshot": options.snapshot,
+        "snapshot_every_s": options.snapshot_every,
+    }
+    return {k: v for k, v in chosen.items() if v is not None}
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
+    return value
+
+
+def _add_store_commands(commands: Any) -> None:
+    def command(name: str, help: str, *, named: bool = True, json: bool = False) -> Any:
+        sub = commands.add_parser(name, help=help, description=help, epilog=_EPILOG)
+        if named:
+            sub.add_argument("name", help="the store's name")
+        sub.add_argument(
+            "--runtime-dir", default=None,
+            help="the stores' directory (default: as the stores choose it)",
+        )
+        if json:
+            sub.add_argument("--json", action="store_true", help="JSON, for scripts")
+        return sub
+
+    serve = command("serve", "run a store of its own until Ctrl-C, SIGTERM or `stop`")
+    serve.add_argument("--max-bytes", type=parse_size, metavar="SIZE",
+                       help="bound on its keys and values (e.g. 1GiB)")
+    serve.add_argument("--eviction-policy", choices=["none", "sieve"],
+                       help="what a write past --max-bytes does (default none: it fails)")
+    serve.add_argument("--ttl", type=_positive_seconds, metavar="SECONDS",
+                       help="default time to live of each write")
+    serve.add_argument("--snapshot", metavar="FILE",
+                       help="load from FILE if it exists; save to it when stopped")
+    serve.add_argument("--snapshot-every", type=_positive_seconds, metavar="SECONDS",
+                       help="also save to --snapshot every SECONDS")
+    command("ls", "the running stores of this user", named=False, json=True)
+    stats = command("stats", "a store's statistics", json=True)
+    stats.add_argument("--watch", type=_positive_seconds, nargs="?", const=1.0,
+                       metavar="SECONDS", help="refresh every SECONDS (default 1) until Ctrl-C")
+    keys = command("keys", "a store's keys, in insertion order", json=True)
+    keys.add_argument("--prefix", default=None, help="only keys that start with this")
+    keys.add_argument("--limit", type=_positive, default=None, help="at most this many")
+    get = command("get", "write a key's value to stdout")
+    get.add_argument("key")
+    put = command("put", "set a key")
+    put.add_argument("key")
+    put.add_argument("value", help="the value (UTF-8), or - to read it from stdin")
+    delete = command("delete", "delete keys")
+    delete.add_argument("keys", nargs="+", metavar="KEY")
+    command("stop", "stop a store (it saves its snapshot first, if it has one)")
+
+
+def _add_embed(commands: Any) -> None:
     embed = commands.add_parser(
         "embed",
         help="embed a corpus with worker processes sharing one embedding cache",
@@ -143,9 +267,14 @@ def main(argv: list[str] | None = None) -> int:
         help="with a Redis --store: keep a near cache of this size in this host's "
         "shared memory (e.g. 256MiB)",
     )
+    embed.add_argument(
+        "--cache",
+        metavar="FILE",
+        default=None,
+        help="load the cache from this snapshot file if it exists, and save it there at "
+        "the end, so the next run embeds only what is new",
+    )
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
-    options = parser.parse_args(argv)
-    return _embed(options)
 
 
 if __name__ == "__main__":

@@ -84,6 +84,17 @@ class Client:
                 raise
         return parse_reply(reply)
 
+    def wait_for_end(self, timeout_s: float) -> bool:
+        """After a request that stops the manager: wait until it has exited (its end
+        of the connection closes when its process does); whether it did in time."""
+        with self._lock:
+            connection = self._connection
+            if connection is None:
+                return True
+            ended = connection.poll(timeout_s)
+            self._discard()
+            return ended
+
     def connect(self) -> None:
         """Connect now rather than on the first request; same errors as :meth:`request`."""
         self._check_usable()

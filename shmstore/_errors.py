@@ -16,6 +16,7 @@ __all__ = [
     "InvalidValueError",
     "LimitExceededError",
     "ProtocolError",
+    "SnapshotError",
     "StoreClosedError",
     "StoreConnectionError",
     "StoreError",
@@ -91,6 +92,12 @@ class StoreFullError(StoreError, MemoryError):
 
 class StorePermissionError(StoreError, PermissionError):
     """The runtime directory or a store's files are not private to this user."""
+
+
+class SnapshotError(StoreError):
+    """A snapshot file cannot be loaded: not a snapshot, of another format, truncated
+    or damaged. The message names the file and what is wrong; nothing of it was
+    loaded."""
 
 
 class ProtocolError(StoreError, ValueError):

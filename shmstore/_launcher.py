@@ -32,6 +32,23 @@ __all__ = ["ManagerProcess"]
 _PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+#: Seconds a manager that saves a snapshot as it stops is given to exit.
+SAVING_STOP_TIMEOUT_S = 600.0
+
+
+def _start_error(line: str) -> StoreError:
+    """The error a manager's ``error: <kind>: <message>`` line stands for."""
+    from ._errors import SnapshotError, StoreTooLargeError
+
+    if not line:
+        return StoreError("the manager failed to start: it exited")
+    kind, _, message = line.removeprefix("error: ").partition(": ")
+    cls = {"SnapshotError": SnapshotError, "StoreTooLargeError": StoreTooLargeError}.get(kind)
+    if cls is not None:
+        return cls(message)
+    return StoreError(f"the manager failed to start: {line.removeprefix('error: ')}")
+
+
 class ManagerProcess:
     """The owner's handle on a running manager process.
 
@@ -44,6 +61,8 @@ class ManagerProcess:
         self._paths = paths
         self._authkey = authkey
         self._owner_pid = os.getpid()
+        #: Seconds :meth:`stop` waits for the manager to exit before killing it.
+        self.stop_timeout_s = 5.0
 
     @property
     def pid(self) -> int:
@@ -67,12 +86,16 @@ class ManagerProcess:
         segment_bytes: int,
         start_timeout_s: float,
         tracking: dict[str, Any] | None = None,
+        snapshot: dict[str, Any] | None = None,
     ) -> ManagerProcess:
         """Start a manager serving ``paths`` and wait until it accepts connections.
 
         :param start_timeout_s: seconds to wait for the manager to report ready.
         :param tracking: a near cache's origin (see :class:`~shmstore._manager.Manager`);
             it may hold a password, so it goes through the manager's stdin only.
+        :param snapshot: the store's own snapshot file, ``{"path", "every_s"}``, loaded
+            before the manager reports ready.
+        :raises SnapshotError: that file is not a snapshot, truncated or damaged.
         :raises StoreError: it reported an error, exited, or was not ready in time; the
             process is gone and its files removed when this is raised.
         """
@@ -91,6 +114,9 @@ class ManagerProcess:
             start_new_session=True,
         )
         handle = cls(process, paths, authkey)
+        if snapshot is not None:
+            # Its exit saves the snapshot: give it time to, rather than kill it midway.
+            handle.stop_timeout_s = SAVING_STOP_TIMEOUT_S
         assert process.stdin is not None and process.stdout is not None
         config = {
             "directory": paths.directory,
@@ -102,6 +128,7 @@ class ManagerProcess:
             "options": options._asdict(),
             "policy": policy._asdict(),
             "tracking": tracking,
+            "snapshot": snapshot,
         }
         try:
             with process.stdin:
@@ -111,17 +138,20 @@ class ManagerProcess:
                     raise StoreError(f"the manager was not ready within {start_timeout_s} s")
                 line = process.stdout.readline().decode(errors="replace").strip()
             if line != "ready":
-                raise StoreError(f"the manager failed to start: {line or 'it exited'}")
+                raise _start_error(line)
         except BaseException:
             handle.stop()
             raise
         return handle
 
-    def stop(self, timeout_s: float = 5.0) -> None:
-        """Stop the manager (SIGTERM, then SIGKILL after ``timeout_s`` seconds), reap it
-        and remove its files. A no-op outside the owner and after the first call."""
+    def stop(self, timeout_s: float | None = None) -> None:
+        """Stop the manager (SIGTERM, then SIGKILL after ``timeout_s`` seconds, default
+        :attr:`stop_timeout_s`), reap it and remove its files. A no-op outside the owner
+        and after the first call."""
         if not self.owned_here or self._process.returncode is not None:
             return
+        if timeout_s is None:
+            timeout_s = self.stop_timeout_s
         try:
             self._process.send_signal(signal.SIGTERM)
             try:

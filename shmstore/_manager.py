@@ -62,6 +62,7 @@ from ._errors import ProtocolError, StoreError
 from ._invalidation import Invalidations
 from ._limits import Limits
 from ._options import Options
+from ._persistence import Snapshots
 from ._policy import Policy
 from ._runtime import StorePaths
 from ._segment import Segment
@@ -109,6 +110,9 @@ class Manager:
     :param policy: the store's cache policy (:mod:`shmstore._policy`).
     :param tracking: for a near cache, its origin: ``{"url", "prefix", "timeout_s"}``
         (see :class:`~shmstore._tracking.Tracker`); ``None`` for any other store.
+    :param snapshot: the store's own snapshot file, ``{"path", "every_s"}``: loaded at
+        :meth:`open`, saved every ``every_s`` seconds (if not ``None``) and when the
+        manager stops; ``None``: none.
     """
 
     def __init__(
@@ -121,8 +125,12 @@ class Manager:
         options: Options,
         policy: Policy,
         tracking: dict[str, Any] | None = None,
+        snapshot: dict[str, Any] | None = None,
     ) -> None:
         self._paths = paths
+        self._started_ns = time.time_ns()
+        self._snapshot = snapshot or {}
+        self._snapshots: Snapshots | None = None
         self._tracking = tracking
         self._invalidations: Invalidations | None = None
         self._tracker: Any = None
@@ -174,6 +182,14 @@ class Manager:
             self._options,
             self._policy,
         )
+        self._snapshots = Snapshots(
+            self._table,
+            self._table_lock,
+            self._snapshot.get("path"),
+            self._snapshot.get("every_s"),
+        )
+        self._snapshots.load_own()  # before any client: a damaged file stops the start
+        self._snapshots.start()
         self._readers = ReaderTable(self._paths.segment_prefix, self._table.header)
         self._reserver = _Reserver(self._table, self._table_lock)
         self._sweeper = _Sweeper(self._table, self._table_lock)
@@ -299,6 +315,14 @@ class Manager:
             self._sweeper.stop()
         if self._tracker is not None:
             self._tracker.stop()
+        if self._snapshots is not None:
+            self._snapshots.stop()
+            try:
+                self._snapshots.save_own()
+            except OSError:
+                import traceback  # only here: kept out of the manager's memory otherwise
+
+                traceback.print_exc(file=sys.stderr)
         with self._table_lock:
             self._table_closed = True
             if self._readers is not None:
@@ -383,8 +407,29 @@ class Manager:
             op, args = proto.parse_request(frame)
             if op == proto.MSET_SHM and not args[1].startswith(f"s{peer_pid}."):
                 raise ProtocolError("a client may only send its own staging segments")
-            with self._table_lock:
-                result = self._apply(op, args, staging, session, reply)
+            result: Any
+            if op == proto.SAVE:
+                result = self._save(args[0])  # takes the table lock itself, briefly
+            elif op == proto.INFO:
+                with self._peers_lock:
+                    clients = len(self._peers)
+                result = {
+                    "pid": os.getpid(),
+                    "owner_pid": self._owner_pid,
+                    "started": self._started_ns,
+                    "clients": clients,
+                    "snapshot": self._snapshot.get("path"),
+                }
+            elif op == proto.STOP:
+                reply.send(proto.ok_reply(None))
+                self._stopping = True
+                os.write(self._wake_w, b"\0")  # wakes the main thread's wait
+                # The connection stays: its end, at this process's exit, tells the
+                # client the store is gone (its snapshot saved).
+                return True
+            else:
+                with self._table_lock:
+                    result = self._apply(op, args, staging, session, reply)
             reply.send(proto.ok_reply(result))
             return True
         except ProtocolError as exc:
@@ -435,6 +480,13 @@ class Manager:
                 session.reader_slot = self._readers.assign()
             return session.reader_slot
         return None
+
+    def _save(self, path: str) -> int:
+        assert self._snapshots is not None
+        try:
+            return self._snapshots.save(path)
+        except OSError as exc:
+            raise StoreError(f"cannot write the snapshot {path}: {exc}") from exc
 
     def _near(self) -> Invalidations:
         if self._invalidations is None:
@@ -681,12 +733,15 @@ def main() -> int:
         Options(**config["options"]),
         Policy(**config["policy"]),
         config.get("tracking"),
+        config.get("snapshot"),
     )
     try:
         manager.open()
     except Exception as exc:
         paths.remove(config["authkey"])
-        sys.stdout.write(f"error: {exc}\n")
+        # The kind first, so the owner raises the same class (a SnapshotError, say).
+        message = str(exc).replace("\n", " ")
+        sys.stdout.write(f"error: {type(exc).__name__}: {message}\n")
         return 1
     sys.stdout.write("ready\n")
     sys.stdout.flush()

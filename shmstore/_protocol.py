@@ -23,6 +23,14 @@ A request is an array whose first item is an opcode::
     [INVALIDATE, keys]       -> int; a near cache's (shmstore._invalidation): removes
                                 the keys, records their invalidation, and returns its
                                 number
+    [SAVE, path]             -> int; writes a snapshot of the store as of one moment
+                                to the absolute ``path`` (shmstore._snapshot), atomically;
+                                the number of entries written
+    [STOP]                   -> None; the manager stops after this reply (saving its
+                                own snapshot first, if it has one)
+    [INFO]                   -> map: "pid", "owner_pid", "started" (wall-clock ns),
+                                "clients" (processes connected, the asker included),
+                                "snapshot" (its own file, or nil)
     [FILL, keys, values, ttl, seen]
                              -> None; a near cache's: stores each pair unless an
                                 invalidation after number ``seen`` touched its key
@@ -49,6 +57,7 @@ from ._errors import (
     InvalidValueError,
     LimitExceededError,
     ProtocolError,
+    SnapshotError,
     StoreError,
     StoreFullError,
     StoreTooLargeError,
@@ -63,6 +72,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FILL",
+    "INFO",
     "INVALIDATE",
     "KEYS",
     "MDELETE",
@@ -70,6 +80,8 @@ __all__ = [
     "MSET",
     "MSET_SHM",
     "READER",
+    "SAVE",
+    "STOP",
     "error_reply",
     "ok_reply",
     "pack",
@@ -85,6 +97,9 @@ MSET_SHM = 5
 READER = 6
 INVALIDATE = 7
 FILL = 8
+SAVE = 9
+STOP = 10
+INFO = 11
 
 _OK = 0
 _ERROR = 1
@@ -102,11 +117,15 @@ _ERROR_KINDS: dict[str, type[StoreError]] = {
         ValueTooLargeError,
         BatchTooLargeError,
         StoreTooLargeError,
+        SnapshotError,
     )
 }
 
 # Number of items after the opcode, per request kind.
-_ARITY = {MGET: 1, MSET: 3, MDELETE: 1, KEYS: 1, MSET_SHM: 4, READER: 0, INVALIDATE: 1, FILL: 4}
+_ARITY = {
+    MGET: 1, MSET: 3, MDELETE: 1, KEYS: 1, MSET_SHM: 4, READER: 0,
+    INVALIDATE: 1, FILL: 4, SAVE: 1, STOP: 0, INFO: 0,
+}
 _MAX_TTL_NS = (1 << 62) - 1
 _STAGING_SEGMENT = re.compile(r"s\d+\.\d+")
 
@@ -187,6 +206,8 @@ def parse_request(frame: bytes) -> tuple[int, list[Any]]:
         if lengths and min(lengths) < 0:
             _fail("MSET_SHM lengths must not be negative")
         _check_ttl(args[3])
+    elif op == SAVE and (type(args[0]) is not str or not args[0].startswith("/")):
+        _fail("SAVE needs an absolute path")
     elif op == KEYS and args[0] is not None and type(args[0]) is not str:
         _fail(f"prefix is {type(args[0]).__name__}, expected str or nil")
     return op, args

@@ -148,6 +148,31 @@ class Table:
         keys = [kb.decode("utf-8", "surrogatepass") for _, kb in found]
         return [k for k in keys if k.startswith(prefix)] if prefix else keys
 
+    def capture(self) -> tuple[list[tuple[int, int, int, int, int]], int]:
+        """The live entries as of now, for a snapshot: ``(order, ref, key length, value
+        length, deadline)`` each, in insertion order, and the moment's
+        ``time.monotonic_ns()``. The arena keeps their blocks unchanged until
+        :meth:`release_capture`, so they may be read without the table lock."""
+        slots = self.index.slots
+        refs = slots[L.S_REF :: L.SLOT_WORDS].tolist()
+        lengths = slots[L.S_HASH_KLEN :: L.SLOT_WORDS].tolist()
+        vlens = slots[L.S_VLEN :: L.SLOT_WORDS].tolist()
+        orders = slots[L.S_ORDER :: L.SLOT_WORDS].tolist()
+        expires = slots[L.S_EXPIRES :: L.SLOT_WORDS].tolist()
+        now = time.monotonic_ns()
+        live = [
+            (orders[i], ref, lengths[i] >> 32, vlens[i], expires[i])
+            for i, ref in enumerate(refs)
+            if ref > L.DELETED and not 0 < expires[i] <= now
+        ]
+        live.sort()
+        self.arena.hold()
+        return live, now
+
+    def release_capture(self) -> None:
+        """End what :meth:`capture` began: freed blocks are reused again."""
+        self.arena.unhold()
+
     # -- writes ---------------------------------------------------------------------
 
     def set_many(

@@ -746,3 +746,14 @@ def near_cache_host(url: str, namespace: str, role: str) -> None:
         seen = store.mget(["k"])[0].decode()
         hits = store.near_cache.stats().hits
         print("saw", seen, int((time.monotonic() - start) * 1e6), hits, flush=True)
+
+
+def write_group_versions(store, group: int, ready, stop) -> None:
+    """Overwrite the keys of group ``group`` (64 of them) with one batch per version,
+    each batch one version, until ``stop``; counts one on ``ready`` first."""
+    keys = [f"g{group}:{i}" for i in range(64)]
+    ready.release()
+    version = 0
+    while not stop.is_set():
+        store.mset([(k, value_for(k, version)) for k in keys])
+        version += 1

@@ -105,3 +105,22 @@ def test_a_cache_on_redis_outlives_the_run_and_serves_the_next(job, tmp_path, re
     assert summary["keys_in_store"] == summary["unique_chunks"]
     unbounded = np.load(job[0] / "embeddings.npy")
     assert np.allclose(np.load(out / "embeddings.npy"), unbounded, atol=1e-4)
+
+
+def test_a_saved_cache_serves_the_next_run_entirely(job, tmp_path):
+    cache = tmp_path / "cache.snap"
+    first, _ = _run(tmp_path / "first", "--cache", str(cache), "--passes", "1")
+    assert cache.exists()
+    second, stdout = _run(tmp_path / "second", "--cache", str(cache), "--passes", "1")
+    summary = json.loads((second / "summary.json").read_text())
+    assert summary["passes"][0]["embedded"] == 0
+    assert summary["from_saved_cache"] == summary["chunks"] == CHUNKS
+    assert f"from the saved cache: {CHUNKS}/{CHUNKS} chunks (100%)" in stdout
+    assert np.allclose(np.load(second / "embeddings.npy"), np.load(first / "embeddings.npy"))
+    cache.write_bytes(cache.read_bytes()[:-10])  # a damaged file: a clear error, exit 1
+    done = subprocess.run(
+        [sys.executable, "-m", "shmstore", "embed", "--limit", "8", "--cache", str(cache),
+         "--output", str(tmp_path / "third"), "--quiet"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 4 and "truncated" in done.stderr and str(cache) in done.stderr

