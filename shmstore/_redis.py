@@ -281,8 +281,9 @@ class _RedisStoreBase(BaseStore[str, V]):
             raise StoreClosedError(f"Redis store {self._namespace!r} is closed")
         return self._client
 
-    def _aclient(self) -> tuple[Any, Any, Any]:
-        """The asyncio client for the running loop (made on first use in each loop)."""
+    def _aclient(self) -> tuple[Any, Any, Any, Any]:
+        """The asyncio client for the running loop (made on first use in each loop),
+        and its mset, keys and mget-with-ttl scripts."""
         import redis.asyncio
 
         if self._closed:
@@ -306,12 +307,7 @@ class _RedisStoreBase(BaseStore[str, V]):
                     client.register_script(_MGET_PTTL),
                 ),
             )
-        return held[1], held[2][0], held[2][1]
-
-    def _ascript_mget_pttl(self) -> Any:
-        self._aclient()
-        assert self._async is not None
-        return self._async[2][2]
+        return (held[1], *held[2])
 
     def close(self) -> None:
         """Close this proxy's connections, sync and async; the data stays on the
@@ -520,7 +516,7 @@ class _RedisStoreBase(BaseStore[str, V]):
     async def amget(self, keys: Iterable[str]) -> list[V | None]:
         """Native async :meth:`mget`, on ``redis.asyncio``."""
         key_list = checked_keys(keys)
-        client, _, _ = self._aclient()
+        client, _, _, mget_pttl_script = self._aclient()
         if not key_list:
             return []
         near = self._near
@@ -534,9 +530,8 @@ class _RedisStoreBase(BaseStore[str, V]):
         if None not in local:
             return self._decode_values(local)
         seen = near.invalidation_seq()
-        script = self._ascript_mget_pttl()
         with self._errors_mapped():
-            reply = await script(keys=self._value_keys(key_list), client=client)
+            reply = await mget_pttl_script(keys=self._value_keys(key_list), client=client)
         return self._decode_values(self._fill_from(key_list, reply, seen))
 
     async def amset(
@@ -544,7 +539,7 @@ class _RedisStoreBase(BaseStore[str, V]):
     ) -> None:
         """Native async :meth:`mset`."""
         write = self._mset_args(key_value_pairs, ttl_s)
-        client, mset_script, _ = self._aclient()
+        client, mset_script, _, _ = self._aclient()
         if write is None:
             return
         near = self._near
@@ -558,7 +553,7 @@ class _RedisStoreBase(BaseStore[str, V]):
     async def amdelete(self, keys: Iterable[str]) -> None:
         """Native async :meth:`mdelete`."""
         key_list = checked_keys(keys)
-        client, _, _ = self._aclient()
+        client, _, _, _ = self._aclient()
         if not key_list:
             return
 
@@ -573,7 +568,7 @@ class _RedisStoreBase(BaseStore[str, V]):
     async def ayield_keys(self, *, prefix: str | None = None) -> AsyncIterator[str]:
         """Native async :meth:`yield_keys`."""
         check_prefix(prefix)
-        client, _, keys_script = self._aclient()
+        client, _, keys_script, _ = self._aclient()
         with self._errors_mapped():
             found = await keys_script(
                 keys=[self._order_key],

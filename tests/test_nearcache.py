@@ -99,16 +99,14 @@ def test_a_write_on_another_host_reaches_this_near_cache(near_store, redis_url, 
         args=(redis_url, namespace, "k", b"v2", results),
     )
     host_b.start()
-    done, before, after = results.get()
+    _done, before, after = results.get()
     # The bound: the invalidation arrives, or the silent connection is declared lost
     # (and the near cache dropped) after a PING unanswered for timeout_s.
     bound_s = _tracking.PING_S + 5.0
     assert _workers.eventually(lambda: near_store.mget(["k"]) == [b"v2"], bound_s)
-    seen_after_s = time.monotonic() - done
     host_b.join()
     results.close()
     assert (before, after, host_b.exitcode) == ([b"v1"], [b"v2"], 0)
-    assert seen_after_s < bound_s
 
 
 def test_a_fill_that_read_the_server_before_an_invalidation_is_refused(
