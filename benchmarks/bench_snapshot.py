@@ -22,6 +22,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
@@ -71,7 +72,7 @@ def redis_round(directory: str, keys: list[str], pool: bytes) -> dict[str, float
     server = _RedisOnDisk(directory)
     server.start()
     try:
-        client = redis.Redis(unix_socket_path=server.socket)
+        client = redis.Redis(unix_socket_path=server.socket, socket_timeout=600)
         pipe = client.pipeline(transaction=False)
         for s in range(0, KEYS, BATCH):
             values = _values(pool, s, min(BATCH, KEYS - s))
@@ -156,6 +157,7 @@ def main() -> None:
             for kind in order:
                 run = shmstore_round if kind == "shmstore" else redis_round
                 rounds[kind].append(run(directory, keys, pool))
+                print(f"round {r + 1} {kind}: {rounds[kind][-1]}", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     med = {k: {m: statistics.median(f[m] for f in v) for m in v[0]} for k, v in rounds.items()}

@@ -123,7 +123,7 @@ class Snapshots:
             for view in views.values():
                 view.release()
 
-    def _apply(self, batches: Iterator[list[tuple[bytes, bytes, int]]]) -> int:
+    def _apply(self, batches: Iterator[list[tuple[memoryview, memoryview, int]]]) -> int:
         table, count = self._table, 0
         for batch in batches:
             wall = time.time_ns()
@@ -139,7 +139,7 @@ class Snapshots:
                 ttl = expires - wall if expires else 0
                 if expires and ttl <= 0:
                     continue  # past its deadline: not loaded
-                keys = [k.decode("utf-8", "surrogatepass") for k, _, _ in run]
+                keys = [str(k, "utf-8", "surrogatepass") for k, _, _ in run]
                 with self._table_lock:
                     table.set_many(keys, [v for _, v, _ in run], None, ttl)
                 count += len(run)

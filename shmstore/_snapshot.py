@@ -40,8 +40,10 @@ even SIGKILL, leaves the previous snapshot whole.
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import struct
+import threading
 import zlib
 
 from ._errors import SnapshotError
@@ -50,7 +52,6 @@ from ._errors import SnapshotError
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
-    from typing import Any
 
     from typing_extensions import Buffer
 
@@ -139,12 +140,14 @@ def _remove_abandoned(path: str) -> None:
             pass  # another user's process: alive, and not ours to touch
 
 
-def load(path: str) -> Iterator[list[tuple[bytes, bytes, int]]]:
+def load(path: str) -> Iterator[list[tuple[memoryview, memoryview, int]]]:
     """The records of the snapshot ``path``, in batches, checked as they are read.
 
-    The header and footer are checked before the first batch; the records' checksum
-    after the last: a caller that applies batches as they come must discard what it
-    applied if this raises at any point.
+    The header and footer are checked before the first batch; the records' checksum,
+    computed by a thread beside the caller, after the last: a caller that applies
+    batches as they come must discard what it applied if this raises at any point.
+    Keys and values are views of the file, mapped: a batch's views are valid until the
+    next batch is asked for (then they are released), so a caller copies what it keeps.
 
     :raises FileNotFoundError: there is no such file.
     :raises SnapshotError: the file is not a snapshot, of another version, truncated or
@@ -174,57 +177,73 @@ def load(path: str) -> Iterator[list[tuple[bytes, bytes, int]]]:
                 f"{path} is damaged: its footer gives {length} bytes of records, the "
                 f"file holds {size - _HEADER.size - _FOOTER.size}"
             )
-        f.seek(_HEADER.size)
-        yield from _records(path, f, count, length, crc)
+        # Mapped with its pages populated up front (one system call, no fault a page).
+        flags = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+        mapped = mmap.mmap(f.fileno(), size, flags=flags, prot=mmap.PROT_READ)
+    try:
+        with memoryview(mapped) as whole:
+            records = whole[_HEADER.size : _HEADER.size + length]
+            try:
+                yield from _records(path, records, count, crc)
+            finally:
+                records.release()
+    finally:
+        mapped.close()
 
 
 def _records(
-    path: str, f: Any, count: int, length: int, crc: int
-) -> Iterator[list[tuple[bytes, bytes, int]]]:
-    region = _Region(path, f, length)
-    take, unpack = region.take, _RECORD.unpack
-    batch: list[tuple[bytes, bytes, int]] = []
-    for n in range(count):
-        klen, vlen, expires = unpack(take(_RECORD.size, n))
-        batch.append((take(klen, n), take(vlen, n), expires))
-        if len(batch) >= _BATCH:
-            yield batch
-            batch = []
-    if not region.exhausted:
-        raise SnapshotError(f"{path} is damaged: bytes after its last record")
-    if region.crc != crc:
-        raise SnapshotError(f"{path} is damaged: its records' checksum does not match")
-    yield batch
+    path: str, records: memoryview, count: int, crc: int
+) -> Iterator[list[tuple[memoryview, memoryview, int]]]:
+    checksum = _Checksum(records)
+    unpack, head, length = _RECORD.unpack_from, _RECORD.size, len(records)
+    batch: list[tuple[memoryview, memoryview, int]] = []
+    at = 0
+    try:
+        for n in range(count):
+            if at + head > length:
+                raise SnapshotError(f"{path} is damaged: record {n} runs past the records' end")
+            klen, vlen, expires = unpack(records, at)
+            key_at = at + head
+            at = key_at + klen + vlen
+            if at > length:
+                raise SnapshotError(f"{path} is damaged: record {n} runs past the records' end")
+            batch.append((records[key_at : key_at + klen], records[key_at + klen : at], expires))
+            if len(batch) >= _BATCH:
+                yield batch
+                _release(batch)
+        if at != length:
+            raise SnapshotError(f"{path} is damaged: bytes after its last record")
+        if checksum.result() != crc:
+            raise SnapshotError(f"{path} is damaged: its records' checksum does not match")
+        yield batch
+    finally:
+        _release(batch)
+        checksum.result()
 
 
-class _Region:
-    """The records' bytes of an open snapshot, read in large chunks, with their running
-    crc32."""
+def _release(batch: list[tuple[memoryview, memoryview, int]]) -> None:
+    for key, value, _ in batch:
+        key.release()
+        value.release()
+    batch.clear()
 
-    def __init__(self, path: str, f: Any, length: int) -> None:
-        self._path, self._f, self._left = path, f, length
-        self._buf = b""
-        self._at = 0
-        self.crc = 0
 
-    @property
-    def exhausted(self) -> bool:
-        return self._left == 0 and self._at == len(self._buf)
+class _Checksum:
+    """The crc32 of a buffer, computed by a thread (zlib releases the GIL over large
+    buffers) while the caller goes on."""
 
-    def take(self, n: int, record: int) -> bytes:
-        """The next ``n`` bytes (of record number ``record``, for the message)."""
-        at, buf = self._at, self._buf
-        if len(buf) - at < n:
-            rest = buf[at:]
-            want = min(max(n - len(rest), _CHUNK), self._left)
-            data = self._f.read(want)
-            self._left -= len(data)
-            self.crc = zlib.crc32(data, self.crc)
-            buf = self._buf = rest + data
-            at = 0
-            if len(buf) < n:
-                raise SnapshotError(
-                    f"{self._path} is damaged: record {record} runs past the records' end"
-                )
-        self._at = at + n
-        return buf[at : at + n]
+    def __init__(self, data: memoryview) -> None:
+        self._value = 0
+        self._thread = threading.Thread(target=self._run, args=(data,), name="snapshot-crc")
+        self._thread.start()
+
+    def _run(self, data: memoryview) -> None:
+        crc = 0
+        for start in range(0, len(data), _CHUNK):
+            with data[start : start + _CHUNK] as chunk:
+                crc = zlib.crc32(chunk, crc)
+        self._value = crc
+
+    def result(self) -> int:
+        self._thread.join()
+        return self._value

@@ -210,7 +210,11 @@ def test_a_save_while_four_processes_write_is_one_moment(tmp_path):
             for n in range(5):
                 path = tmp_path / f"moment{n}.snap"
                 store.save(path)
-                entries = [e for batch in _snapshot.load(str(path)) for e in batch]
+                entries = [
+                    (bytes(k), bytes(v), e)
+                    for batch in _snapshot.load(str(path))
+                    for k, v, e in batch
+                ]
                 groups: dict[str, set[bytes]] = {}
                 for key, value, _ in entries:
                     groups.setdefault(key.split(b":")[0].decode(), set()).add(value.split(b"|")[1])
