@@ -104,30 +104,21 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--writes", type=int, default=500)
     args = parser.parse_args()
-    missing = peers.RedisPeer.unavailable()
-    if missing:
-        raise SystemExit(missing)
     ctx = multiprocessing.get_context("spawn")
-    server = peers.RedisPeer()
-    path = server.start()
     kinds = ["SharedByteStore", "near cache", "Redis, no near cache"]
-    rounds: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
-    try:
+    rounds: peers.Rounds = {k: [] for k in kinds}
+    with peers.redis_server() as path:
         for r in range(args.repeat):
             for kind in kinds[r % 3 :] + kinds[: r % 3]:
                 with ctx.Pool(1) as pool:
                     rounds[kind].append(pool.apply(reads, (kind, path)))
         from_call, from_return = invalidation(path, args.writes)
-    finally:
-        server.stop()
-    med = {k: {m: statistics.median(f[m] for f in v) for m in v[0]} for k, v in rounds.items()}
     print(f"Repeated reads, medians of {args.repeat} rounds ({KEYS} keys of {VALUE_BYTES} B)\n")
-    print("| figure | " + " | ".join(kinds) + " | near / SharedByteStore |")
-    print("|---" * (len(kinds) + 2) + "|")
-    for m in med[kinds[0]]:
-        row = [med[k][m] for k in kinds]
-        ratio = row[0] / row[1] if m.endswith("µs") else row[1] / row[0]
-        print(f"| {m} | " + " | ".join(f"{x:,.1f}" for x in row) + f" | {ratio:.2f} |")
+    peers.print_table(
+        peers.medians(rounds), kinds,
+        lambda m, row: row[0] / row[1] if m.endswith("µs") else row[1] / row[0],
+        "near / SharedByteStore",
+    )
     print("\n(ratio: the near cache's throughput over SharedByteStore's; above 1 is faster)\n")
 
     def pct(xs: list[float], q: float) -> float:

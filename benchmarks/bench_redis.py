@@ -18,7 +18,6 @@ import argparse
 import multiprocessing
 import os
 import random
-import statistics
 import time
 import warnings
 
@@ -106,17 +105,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
-    missing = peers.RedisPeer.unavailable()
-    if missing:
-        raise SystemExit(missing)
     import redis
 
     ctx = multiprocessing.get_context("spawn")
-    server = peers.RedisPeer()
-    path = server.start()
-    client = redis.Redis(unix_socket_path=path)
-    rounds: dict[str, list[dict[str, float]]] = {"shmstore": [], "langchain": []}
-    try:
+    rounds: peers.Rounds = {"shmstore": [], "langchain": []}
+    with peers.redis_server() as path, redis.Redis(unix_socket_path=path) as client:
         with ctx.Pool(1) as one, ctx.Pool(4) as four:
             for r in range(args.repeat):
                 for kind in ("shmstore", "langchain") if r % 2 == 0 else ("langchain", "shmstore"):
@@ -126,17 +119,12 @@ def main() -> None:
                     figures["4 processes, 1 in 5 writes keys/s"] = _mixed(four, ctx, kind, path)
                     rounds[kind].append(figures)
         rows = semantics(path)
-    finally:
-        client.close()
-        server.stop()
-    med = {k: {m: statistics.median(f[m] for f in v) for m in v[0]} for k, v in rounds.items()}
     print(f"Medians of {args.repeat} rounds, one redis-server on a unix socket\n")
-    print("| figure | shmstore RedisByteStore | langchain_community RedisStore | ratio |")
-    print("|---|---|---|---|")
-    for m in med["shmstore"]:
-        a, b = med["shmstore"][m], med["langchain"][m]
-        ratio = b / a if m.endswith(("µs", "ms")) else a / b
-        print(f"| {m} | {a:,.1f} | {b:,.1f} | {ratio:.2f} |")
+    peers.print_table(
+        peers.medians(rounds), ["shmstore", "langchain"],
+        lambda m, row: row[1] / row[0] if m.endswith(("µs", "ms")) else row[0] / row[1],
+        "ratio",
+    )
     print("\n(ratio above 1: shmstore's store is faster)\n")
     print("| semantics | shmstore RedisByteStore | langchain_community RedisStore |")
     print("|---|---|---|")

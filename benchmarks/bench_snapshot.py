@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -150,7 +149,7 @@ def main() -> None:
         raise SystemExit(missing)
     keys, pool = _data()
     directory = tempfile.mkdtemp(prefix="bench-snapshot-", dir=args.dir)
-    rounds: dict[str, list[dict[str, float]]] = {"shmstore": [], "Redis": []}
+    rounds: peers.Rounds = {"shmstore": [], "Redis": []}
     try:
         for r in range(args.repeat):
             order = ("shmstore", "Redis") if r % 2 == 0 else ("Redis", "shmstore")
@@ -160,13 +159,11 @@ def main() -> None:
                 print(f"round {r + 1} {kind}: {rounds[kind][-1]}", file=sys.stderr, flush=True)
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    med = {k: {m: statistics.median(f[m] for f in v) for m in v[0]} for k, v in rounds.items()}
     print(f"1 GiB of {VALUE_BYTES}-byte values ({KEYS:,} keys), medians of {args.repeat} rounds\n")
-    print("| figure | shmstore | Redis | ratio (Redis / shmstore) |")
-    print("|---|---|---|---|")
-    for m in med["shmstore"]:
-        a, b = med["shmstore"][m], med["Redis"][m]
-        print(f"| {m} | {a:.2f} | {b:.2f} | {b / a:.2f} |")
+    peers.print_table(
+        peers.medians(rounds), ["shmstore", "Redis"], lambda m, row: row[1] / row[0],
+        "ratio (Redis / shmstore)", digits=2,
+    )
     print("\n(ratio above 1: shmstore is faster)")
 
 

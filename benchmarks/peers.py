@@ -16,9 +16,11 @@ import importlib
 import multiprocessing
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from multiprocessing.managers import BaseManager
 from typing import Any
 
@@ -360,3 +362,43 @@ PEERS: list[type[Peer]] = [
     ManagerDictPeer,
     InMemoryPeer,
 ]
+
+
+Rounds = dict[str, list[dict[str, float]]]
+
+
+def medians(rounds: Rounds) -> dict[str, dict[str, float]]:
+    """Each kind's median of each of its figures over its rounds."""
+    return {k: {m: statistics.median(f[m] for f in v) for m in v[0]} for k, v in rounds.items()}
+
+
+def print_table(
+    med: dict[str, dict[str, float]],
+    kinds: list[str],
+    ratio: Callable[[str, list[float]], float],
+    ratio_name: str,
+    digits: int = 1,
+) -> None:
+    """A markdown table of ``med`` (from :func:`medians`): a row a figure, a column a
+    kind, then ``ratio(figure, row)``."""
+    print("| figure | " + " | ".join(kinds) + f" | {ratio_name} |")
+    print("|---" * (len(kinds) + 2) + "|")
+    for m in med[kinds[0]]:
+        row = [med[k][m] for k in kinds]
+        cells = " | ".join(f"{x:,.{digits}f}" for x in row)
+        print(f"| {m} | {cells} | {ratio(m, row):.2f} |")
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A :class:`RedisPeer` for the block, its socket's path; exits the program with
+    the reason if Redis is not installed."""
+    missing = RedisPeer.unavailable()
+    if missing:
+        raise SystemExit(missing)
+    server = RedisPeer()
+    path = server.start()
+    try:
+        yield path
+    finally:
+        server.stop()
