@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from . import _layout as L
 from . import _protocol as proto
+from ._administration import Administration
 from ._batch import check_prefix, split_pairs
 from ._batch import key_list as _checked_keys
 from ._client import Client
@@ -27,7 +28,7 @@ from ._errors import (
     StoreClosedError,
     StoreNotFoundError,
 )
-from ._launcher import SAVING_STOP_TIMEOUT_S, ManagerProcess
+from ._launcher import ManagerProcess
 from ._limits import Limits
 from ._options import Options
 from ._policy import Policy, ttl_ns
@@ -35,7 +36,7 @@ from ._reader import DirectReader, read_header
 from ._runtime import StorePaths, claim, default_runtime_dir, new_name
 from ._segment import Segment
 from ._staging import Staged, Stager
-from ._stats import ReaderCounters, StoreStats, read_stats
+from ._stats import ReaderCounters
 
 try:
     from langchain_core.stores import BaseStore
@@ -75,17 +76,7 @@ def _snapshot_config(path: Any, every_s: Any) -> dict[str, Any] | None:
     return {"path": os.path.abspath(os.fspath(path)), "every_s": every_s}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-class _SharedStoreBase(BaseStore[str, V]):
+class _SharedStoreBase(Administration, BaseStore[str, V]):
     """What the two store classes share; they differ only in how values are encoded."""
 
     # -- construction ---------------------------------------------------------------
@@ -342,32 +333,6 @@ class _SharedStoreBase(BaseStore[str, V]):
                 return  # the store has just stopped: the manager's absence will tell
             self._counters = ReaderCounters(memoryview(table.buf).cast("Q"), slot)
 
-    def stats(self) -> StoreStats:
-        """The store's statistics, for all of its processes together (see
-        :class:`~shmstore.StoreStats`), read from its shared memory without a request.
-
-        :raises StoreClosedError: this proxy is closed.
-        :raises StoreNotFoundError: the store has stopped.
-        """
-        self._check_open()
-        prefix = self._paths.segment_prefix
-        try:
-            ctl = Segment.open(L.ctl_name(prefix))
-            readers = Segment.open(L.readers_name(prefix))
-        except FileNotFoundError:
-            raise StoreNotFoundError(f"store {self.name!r} has stopped") from None
-        header = memoryview(ctl.buf).cast("Q")
-        table = memoryview(readers.buf).cast("Q")
-        try:
-            if not _pid_alive(header[L.W_MANAGER_PID]):
-                raise StoreNotFoundError(f"store {self.name!r} has stopped")
-            return read_stats(header, table)
-        finally:
-            header.release()
-            table.release()
-            ctl.close()
-            readers.close()
-
     def _open_reader(self) -> DirectReader | None:
         generation = self._client.generation
         if self._reader_failed == generation:
@@ -380,51 +345,6 @@ class _SharedStoreBase(BaseStore[str, V]):
             self._reader_failed = generation
             return None  # the manager answers, or its absence raises
         return reader
-
-    def save(self, path: str | os.PathLike[str]) -> int:
-        """Write a snapshot of the whole store to ``path``: every entry as of one
-        moment (as one ``mget`` of all keys would see them), while every process goes
-        on reading and writing. The manager writes it, atomically (a temporary file
-        beside ``path``, fsynced, then renamed), so a crash midway, even SIGKILL,
-        leaves the previous file whole. Format and argument: :mod:`shmstore._snapshot`.
-
-        :returns: the entries written.
-        :raises StoreError: the file cannot be written (the message says why); ``path``
-            is as it was.
-        :raises StoreConnectionError: the manager cannot be reached.
-        """
-        self._check_open()
-        count: int = self._client.request(
-            self._frame(proto.SAVE, os.path.abspath(os.fspath(path)))
-        )
-        return count
-
-    def info(self) -> dict[str, Any]:
-        """What the manager says of itself, for ``shmstore ls``: ``pid``, ``owner_pid``,
-        ``started`` (wall-clock ns), ``clients`` (processes connected, this one
-        included) and ``snapshot`` (its own file, or ``None``).
-
-        :raises StoreConnectionError: the manager cannot be reached.
-        """
-        self._check_open()
-        result: dict[str, Any] = self._client.request(self._frame(proto.INFO))
-        return result
-
-    def stop(self) -> None:
-        """Stop the store, from any process of its user (as ``shmstore stop``): its
-        manager saves its snapshot, if it has one, and exits; this returns once it has
-        (or after :data:`~shmstore._launcher.SAVING_STOP_TIMEOUT_S` seconds), and
-        every proxy raises :class:`StoreConnectionError` from then on. This proxy is
-        closed.
-
-        :raises StoreConnectionError: the manager cannot be reached.
-        """
-        self._check_open()
-        try:
-            self._client.request(self._frame(proto.STOP))
-            self._client.wait_for_end(SAVING_STOP_TIMEOUT_S)
-        finally:
-            self.close()
 
     def _mset_batch(
         self, key_value_pairs: Iterable[tuple[str, V]]
