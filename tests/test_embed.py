@@ -108,12 +108,14 @@ def test_a_cache_on_redis_outlives_the_run_and_serves_the_next(job, tmp_path, re
 
 
 def test_a_saved_cache_serves_the_next_run_entirely(job, tmp_path):
-    cache = tmp_path / "cache.snap"
+    cache = tmp_path / "new-directory" / "cache.snap"
     first, _ = _run(tmp_path / "first", "--cache", str(cache), "--passes", "1")
     assert cache.exists()
     second, stdout = _run(tmp_path / "second", "--cache", str(cache), "--passes", "1")
+    assert json.loads((first / "summary.json").read_text())["model_loaded"] is True
     summary = json.loads((second / "summary.json").read_text())
     assert summary["passes"][0]["embedded"] == 0
+    assert summary["model_loaded"] is False  # nothing to embed: the model is not loaded
     assert summary["from_saved_cache"] == summary["chunks"] == CHUNKS
     assert f"from the saved cache: {CHUNKS}/{CHUNKS} chunks (100%)" in stdout
     assert np.allclose(np.load(second / "embeddings.npy"), np.load(first / "embeddings.npy"))
@@ -124,3 +126,18 @@ def test_a_saved_cache_serves_the_next_run_entirely(job, tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 4 and "truncated" in done.stderr and str(cache) in done.stderr
+
+
+def test_the_model_is_loaded_at_the_first_miss_and_only_once():
+    from shmstore.embed._job import CountingEmbeddings
+
+    class Model:
+        def encode(self, texts, batch_size, convert_to_numpy):
+            return np.ones((len(texts), 3), dtype=np.float32)
+
+    loads = []
+    counting = CountingEmbeddings(lambda: loads.append(1) or Model())
+    assert loads == []  # nothing embedded yet: not loaded
+    assert counting.embed_documents(["a", "b"]) == [[1.0] * 3] * 2
+    counting.embed_documents(["c"])
+    assert loads == [1] and counting.embedded == 3

