@@ -119,6 +119,7 @@ def test_a_saved_cache_serves_the_next_run_entirely(job, tmp_path):
     assert summary["from_saved_cache"] == summary["chunks"] == CHUNKS
     assert f"from the saved cache: {CHUNKS}/{CHUNKS} chunks (100%)" in stdout
     assert np.allclose(np.load(second / "embeddings.npy"), np.load(first / "embeddings.npy"))
+    _read_through_langchains_own_cache(cache, first)
     cache.write_bytes(cache.read_bytes()[:-10])  # a damaged file: a clear error, exit 1
     done = subprocess.run(
         [sys.executable, "-m", "shmstore", "embed", "--limit", "8", "--cache", str(cache),
@@ -126,6 +127,32 @@ def test_a_saved_cache_serves_the_next_run_entirely(job, tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 4 and "truncated" in done.stderr and str(cache) in done.stderr
+
+
+def _read_through_langchains_own_cache(cache, out) -> None:
+    """The job's cache, as LangChain's ``CacheBackedEmbeddings.from_bytes_store`` with
+    ``key_encoder="sha256"`` reads it: every vector there, the same, none embedded."""
+    from langchain_classic.embeddings import CacheBackedEmbeddings
+    from langchain_core.embeddings import Embeddings
+
+    import shmstore
+    from shmstore.embed._job import NAMESPACE
+
+    class Refuses(Embeddings):
+        def embed_documents(self, texts):
+            raise AssertionError(f"{len(texts)} chunks missing from the cache")
+
+        def embed_query(self, text):
+            raise AssertionError("not asked")
+
+    with (out / "chunks.jsonl").open(encoding="utf-8") as f:
+        texts = [json.loads(line)["text"] for line in f]
+    with shmstore.SharedByteStore(snapshot=cache) as store:
+        cached = CacheBackedEmbeddings.from_bytes_store(
+            Refuses(), store, namespace=NAMESPACE, key_encoder="sha256"
+        )
+        vectors = cached.embed_documents(texts)
+    assert np.allclose(np.asarray(vectors, dtype=np.float32), np.load(out / "embeddings.npy"))
 
 
 def test_the_model_is_loaded_at_the_first_miss_and_only_once():
