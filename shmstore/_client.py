@@ -49,15 +49,13 @@ class Client:
         self._lock = threading.Lock()
         self._connection: Connection | None = None
         self._ended = select.poll()  # POLLIN on the connection: its manager has exited
-        self._closed = False
+        #: Whether :meth:`close` was called (an attribute, not a property: every ``mget``
+        #: reads it).
+        self.closed = False
         #: Counts the connections made. A new one may reach a new manager (the store
         #: restarted under the same name), so state kept about the old one, such as
         #: the limits read from its header, must be read again when this changes.
         self.generation = 0
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
 
     def request(self, frame: bytes) -> Any:
         """Send one encoded request and return the decoded result of its reply.
@@ -104,14 +102,14 @@ class Client:
 
     def close(self) -> None:
         """Close the connection. Requests made afterwards raise :class:`StoreClosedError`."""
-        self._closed = True
+        self.closed = True
         if self._pid != os.getpid():
             self._forget_parent_connection()
         with self._lock:
             self._discard()
 
     def _check_usable(self) -> None:
-        if self._closed:
+        if self.closed:
             raise StoreClosedError(f"store {self._paths.name!r} is closed")
         if self._pid != os.getpid():
             self._forget_parent_connection()

@@ -20,7 +20,12 @@ one aligned 8-byte access, which is atomic on x86-64.
     22 INVALIDATION_SEQ (a near cache's: the number of the last invalidation
        applied, which a proxy reads before it reads the origin; see
        :mod:`shmstore._invalidation`; 0 in every other store)
-    23-511 reserved (zero)
+    23 LIVENESS_TID (the thread id of the manager's main thread while it holds the
+       robust mutex in words 24-31, which the kernel marks owner-died when that thread
+       dies; 0: no such mutex, readers poll the manager's pidfd; see
+       :func:`shmstore._hot.fallback.hold_liveness`)
+    24-31 LIVENESS_MUTEX (a glibc ``pthread_mutex_t``, robust and process-shared)
+    32-511 reserved (zero)
 Words 10-12 are the store's data-path options (:mod:`shmstore._options`), set by its
 owner and read by every proxy, so every process of a store takes the same paths;
 13-14 its cache policy (:mod:`shmstore._policy`); 15-20 counters only the manager
@@ -131,6 +136,7 @@ W_EVICTION, W_DEFAULT_TTL_NS = 13, 14
 W_HITS, W_MISSES, W_EVICTIONS, W_EXPIRATIONS, W_SETS, W_DELETES = 15, 16, 17, 18, 19, 20
 W_STATS_SEQ = 21
 W_INVALIDATION_SEQ = 22
+W_LIVENESS_TID, W_LIVENESS_MUTEX, LIVENESS_MUTEX_WORDS = 23, 24, 8
 HEADER_WORDS = 512
 
 #: Stripe version words, after the header. 16,384 stripes (128 KiB): two batches of 64

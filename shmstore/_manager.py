@@ -57,6 +57,7 @@ from multiprocessing.connection import Connection, answer_challenge, deliver_cha
 
 import msgpack
 
+from . import _hot
 from . import _protocol as proto
 from ._errors import ProtocolError, StoreError
 from ._invalidation import Invalidations
@@ -142,6 +143,7 @@ class Manager:
         self._limits = limits
         self._segment_bytes = segment_bytes
         self._table: Table | None = None  # created by open(): its segments outlive errors
+        self._hot = _hot.load(options.implementation)
         self._readers: ReaderTable | None = None
         self._reserver: _Reserver | None = None
         self._sweeper: _Sweeper | None = None
@@ -200,6 +202,9 @@ class Manager:
         signal.set_wakeup_fd(self._wake_w)
         signal.signal(signal.SIGTERM, self.stop_soon)
         self._watch_owner()
+        # Last, in this (the main) thread, which lives as long as the process: readers
+        # tell the manager runs by a load of the header from here on.
+        self._hot.hold_liveness(self._table.header)
 
     def _start_tracker(self, table: Table, tracking: dict[str, Any]) -> None:
         from ._tracking import CLIENT_NAME, Tracker
@@ -328,6 +333,8 @@ class Manager:
             if self._readers is not None:
                 self._readers.close()
             if self._table is not None:
+                # Before the header is unmapped: the kernel could not mark a mutex there.
+                self._hot.release_liveness(self._table.header)
                 self._table.close()
         self._paths.remove(self._authkey)
         signal.set_wakeup_fd(-1)

@@ -101,7 +101,7 @@ class DirectReader:
         never served then), this reader is closed, or no consistent read was had in
         :data:`GIVE_UP_S`."""
         state, pidfd, hot = self._state, self._pidfd, self._hot
-        if state is None or pidfd is None or not hot.manager_alive(pidfd.fd):
+        if state is None or pidfd is None or not hot.manager_alive(pidfd.fd, state[0]):
             return None
         self.reads += 1
         found = hot.lookup(
@@ -114,8 +114,10 @@ class DirectReader:
     @property
     def manager_alive(self) -> bool:
         """Whether the manager that wrote these segments still runs."""
-        pidfd = self._pidfd
-        return pidfd is not None and bool(self._hot.manager_alive(pidfd.fd))
+        pidfd, state = self._pidfd, self._state
+        if pidfd is None or state is None:
+            return False
+        return bool(self._hot.manager_alive(pidfd.fd, state[0]))
 
     def _read_again(
         self, keys: list[str] | list[bytes], found: object

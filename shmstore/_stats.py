@@ -12,7 +12,6 @@ them.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections import namedtuple
 
@@ -23,7 +22,7 @@ __all__ = ["ReaderCounters", "StoreStats", "read_stats"]
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import NamedTuple
+    from typing import Any, NamedTuple
 
     class _Fields(NamedTuple):
         keys: int
@@ -118,27 +117,24 @@ def read_stats(header: memoryview, readers: memoryview | None) -> StoreStats:
 
 class ReaderCounters:
     """One proxy's slot of the reader table: its hits and misses, written by this
-    process only, its threads taking turns (a lock held for two additions)."""
+    process only, its threads taking turns (:func:`count_found` of the hot functions)."""
 
-    __slots__ = ("_lock", "_words")
+    __slots__ = ("_count", "_words")
 
-    def __init__(self, readers: memoryview, slot: int) -> None:
-        """:param readers: the reader table as words; :param slot: this proxy's slot.
+    def __init__(self, readers: memoryview, slot: int, hot: Any) -> None:
+        """:param readers: the reader table as words; :param slot: this proxy's slot;
+        :param hot: the store's hot functions (:func:`shmstore._hot.load`).
 
         :raises ValueError: ``slot`` is not a slot of the table."""
         if not 0 <= slot < len(readers) // L.READER_WORDS:
             raise ValueError(f"reader slot {slot} is not in the table")
         base = slot * L.READER_WORDS
         self._words = readers[base : base + L.READER_WORDS]
-        self._lock = threading.Lock()
+        self._count = hot.count_found
 
     def count(self, found: list[bytes | None]) -> None:
         """Count one batch's results: its hits (values) and misses (``None``)."""
-        misses = found.count(None)
-        words = self._words
-        with self._lock:
-            words[L.R_HITS] += len(found) - misses
-            words[L.R_MISSES] += misses
+        self._count(self._words, found)
 
 
 class ReaderTable:

@@ -16,6 +16,7 @@ import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, TypeVar
 
+from . import _hot
 from . import _layout as L
 from . import _protocol as proto
 from ._administration import Administration
@@ -291,7 +292,8 @@ class _SharedStoreBase(Administration, BaseStore[str, V]):
         """The checked keys and, if they could be read straight from shared memory,
         their raw values (``None``: the manager must answer)."""
         key_list = _checked_keys(keys)
-        self._check_open()
+        if self._client.closed:  # _check_open, inline on the hot path
+            raise StoreClosedError(f"store {self.name!r} is closed")
         return key_list, self._read_direct(key_list) if key_list else []
 
     def _read_direct(self, keys: list[str]) -> list[bytes | None] | None:
@@ -331,7 +333,8 @@ class _SharedStoreBase(Administration, BaseStore[str, V]):
                 table = Segment.open(L.readers_name(self._paths.segment_prefix), writable=True)
             except FileNotFoundError:
                 return  # the store has just stopped: the manager's absence will tell
-            self._counters = ReaderCounters(memoryview(table.buf).cast("Q"), slot)
+            hot = _hot.load(self._store_config()[1].implementation)
+            self._counters = ReaderCounters(memoryview(table.buf).cast("Q"), slot, hot)
 
     def _open_reader(self) -> DirectReader | None:
         generation = self._client.generation

@@ -240,3 +240,64 @@ def test_one_read_spans_more_arena_segments_than_the_lookup_keeps_at_hand(implem
             store.mset(pairs[i : i + 8])
         assert store.mget([k for k, _ in pairs]) == [v for _, v in pairs]
         assert len(store._reader._arenas) > 17
+
+
+@needs_c
+@pytest.mark.parametrize("manager", ["c", "python"])
+def test_readers_tell_a_live_manager_by_its_liveness_mutex_and_a_killed_one_at_once(
+    monkeypatch, manager
+):
+    """A compiled manager holds the robust mutex in its header, so the compiled reader's
+    liveness check is one load; once the manager is SIGKILLed the kernel has marked the
+    mutex owner-died by the time the process is gone, and the check says so. A
+    pure-Python manager holds none (word 0): the check polls the pidfd, with the same
+    answers. Either way an orderly stop clears the word before the header goes."""
+    import signal
+
+    import shmstore
+    from shmstore._segment import Segment
+    from tests import _workers
+
+    if manager == "python":
+        monkeypatch.setenv("SHMSTORE_PUREPYTHON", "1")
+    else:
+        monkeypatch.delenv("SHMSTORE_PUREPYTHON", raising=False)
+    owner_died, tid_mask = 0x4000_0000, 0x3FFF_FFFF
+    for ending in ("stop", "kill"):
+        store = shmstore.SharedByteStore()
+        segment = Segment.open(L.ctl_name(store._paths.segment_prefix))
+        words = memoryview(segment.buf).cast("Q")
+        lock = memoryview(segment.buf)[L.W_LIVENESS_MUTEX * 8 :].cast("I")
+        pid = store.manager_pid
+        pidfd = os.pidfd_open(pid)
+        try:
+            if manager == "c":
+                assert words[L.W_LIVENESS_TID] == pid  # its main thread: tid == pid
+                assert lock[0] & tid_mask == pid
+            else:
+                assert words[L.W_LIVENESS_TID] == 0
+            assert chot.manager_alive(pidfd, words) is True
+            assert fallback.manager_alive(pidfd, words) is True
+            if ending == "stop":
+                store.close()
+                assert words[L.W_LIVENESS_TID] == 0
+            else:
+                os.kill(pid, signal.SIGKILL)
+                assert _workers.wait_for_exit(pid, timeout_s=10)
+                if manager == "c":
+                    assert lock[0] & owner_died
+                assert words[L.W_LIVENESS_TID] == (pid if manager == "c" else 0)
+                store.close()
+            assert chot.manager_alive(pidfd, words) is False
+            assert fallback.manager_alive(pidfd, words) is False
+        finally:
+            os.close(pidfd)
+            lock.release()
+            words.release()
+            segment.close()
+
+
+@needs_c
+def test_the_liveness_check_refuses_what_is_not_a_header():
+    with pytest.raises(ValueError, match="header"):
+        chot.manager_alive(0, bytearray(64))

@@ -14,6 +14,13 @@
 #include <poll.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__linux__) && defined(__GLIBC__)
+#include <linux/futex.h>
+#include <pthread.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#define HAVE_LIVENESS 1
+#endif
 
 /* The layout: must equal shmstore/_layout.py (tests/test_hot.py checks). */
 #define HEADER_WORDS 512
@@ -25,6 +32,12 @@
 #define S_ORDER 3
 #define S_EXPIRES 4
 #define W_INDEX_GEN 2
+#define READER_WORDS 2
+#define W_LIVENESS_TID 23
+#define W_LIVENESS_MUTEX 24
+#define LIVENESS_MUTEX_WORDS 8
+#define R_HITS 0
+#define R_MISSES 1
 #define REF_EMPTY 0
 #define REF_DELETED 1
 #define OFFSET_BITS 40
@@ -378,13 +391,117 @@ done:
     return result;
 }
 
-static PyObject *manager_alive(PyObject *self, PyObject *arg) {
-    int fd = PyLong_AsLong(arg);
+/* -- the manager's liveness -----------------------------------------------------------
+   The manager's main thread holds a robust, process-shared mutex in the header (words
+   W_LIVENESS_MUTEX on) and publishes its thread id in W_LIVENESS_TID. When a robust
+   mutex's holder dies, by any signal included, the kernel marks the mutex's futex word
+   owner-died as the thread exits (exit_robust_list), before the process is reported
+   exited to pidfds or waitpid. So a reader that finds the word still holding that thread
+   id knows the manager runs, by one load instead of a poll of its pidfd; any other word
+   sends it to the poll. The manager clears W_LIVENESS_TID before it unmaps the header at
+   its orderly exit, so a mutex the kernel can no longer mark is never trusted. */
+
+static int header_words(PyObject *ctl, Py_buffer *view, int writable) {
+    if (PyObject_GetBuffer(ctl, view, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0) return -1;
+    if (view->len < (Py_ssize_t)((W_LIVENESS_MUTEX + LIVENESS_MUTEX_WORDS) * 8) ||
+        ((uintptr_t)view->buf & 7)) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "ctl is not a store's header");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *hold_liveness(PyObject *self, PyObject *arg) {
+#ifdef HAVE_LIVENESS
+    _Static_assert(sizeof(pthread_mutex_t) <= LIVENESS_MUTEX_WORDS * 8, "mutex too large");
+    Py_buffer v;
+    if (header_words(arg, &v, 1) < 0) return NULL;
+    uint64_t *words = (uint64_t *)v.buf;
+    pthread_mutex_t *m = (pthread_mutex_t *)(words + W_LIVENESS_MUTEX);
+    pthread_mutexattr_t a;
+    int err = pthread_mutexattr_init(&a);
+    if (!err) err = pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    if (!err) err = pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    if (!err) err = pthread_mutex_init(m, &a);
+    pthread_mutexattr_destroy(&a);
+    if (!err) err = pthread_mutex_lock(m);
+    if (err) {
+        PyBuffer_Release(&v);
+        errno = err;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    STORE(&words[W_LIVENESS_TID], (uint64_t)syscall(SYS_gettid));
+    PyBuffer_Release(&v);
+    Py_RETURN_TRUE;
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
+static PyObject *release_liveness(PyObject *self, PyObject *arg) {
+    Py_buffer v;
+    if (header_words(arg, &v, 1) < 0) return NULL;
+    uint64_t *words = (uint64_t *)v.buf;
+    uint64_t tid = LOAD(&words[W_LIVENESS_TID]);
+    STORE(&words[W_LIVENESS_TID], (uint64_t)0);
+#ifdef HAVE_LIVENESS
+    if (tid) pthread_mutex_unlock((pthread_mutex_t *)(words + W_LIVENESS_MUTEX));
+#endif
+    PyBuffer_Release(&v);
+    Py_RETURN_NONE;
+}
+
+static PyObject *manager_alive(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 1 && nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "manager_alive(pidfd, ctl=None)");
+        return NULL;
+    }
+    int fd = PyLong_AsLong(args[0]);
     if (fd == -1 && PyErr_Occurred()) return NULL;
+#ifdef HAVE_LIVENESS
+    if (nargs == 2 && args[1] != Py_None) {
+        Py_buffer v;
+        if (header_words(args[1], &v, 0) < 0) return NULL;
+        const uint64_t *words = (const uint64_t *)v.buf;
+        uint64_t tid = LOAD(&words[W_LIVENESS_TID]);
+        uint32_t lock = __atomic_load_n((const uint32_t *)(words + W_LIVENESS_MUTEX), __ATOMIC_ACQUIRE);
+        PyBuffer_Release(&v);
+        if (tid && (lock & FUTEX_TID_MASK) == tid && !(lock & FUTEX_OWNER_DIED)) Py_RETURN_TRUE;
+    }
+#endif
     struct pollfd p = {fd, POLLIN, 0};
     int r = poll(&p, 1, 0);
     if (r < 0) return PyErr_SetFromErrno(PyExc_OSError);
     return PyBool_FromLong(r == 0);
+}
+
+/* count_found(words, found): add a batch's hits and misses to a reader's slot. The GIL
+   orders this process's threads; the adds are atomic so a reader of the statistics in
+   another process never sees half of one. */
+static PyObject *count_found(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "count_found(words, found)");
+        return NULL;
+    }
+    if (!PyList_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "found must be a list");
+        return NULL;
+    }
+    Py_buffer w;
+    if (PyObject_GetBuffer(args[0], &w, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    if (w.len < (Py_ssize_t)(READER_WORDS * sizeof(uint64_t)) || ((uintptr_t)w.buf & 7)) {
+        PyBuffer_Release(&w);
+        PyErr_SetString(PyExc_ValueError, "words must be one aligned reader slot");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(args[1]), misses = 0;
+    for (Py_ssize_t k = 0; k < n; k++) misses += PyList_GET_ITEM(args[1], k) == Py_None;
+    uint64_t *words = (uint64_t *)w.buf;
+    __atomic_fetch_add(&words[R_HITS], (uint64_t)(n - misses), __ATOMIC_RELAXED);
+    __atomic_fetch_add(&words[R_MISSES], (uint64_t)misses, __ATOMIC_RELAXED);
+    PyBuffer_Release(&w);
+    Py_RETURN_NONE;
 }
 
 static PyObject *key_hash(PyObject *self, PyObject *arg) {
@@ -728,8 +845,13 @@ static PyObject *rebuild(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 static PyMethodDef methods[] = {
     {"lookup", (PyCFunction)(void (*)(void))lookup, METH_FASTCALL,
      "lookup(ctl, slots, generation, arenas, keys, visited=None, now=0): see fallback.lookup"},
-    {"manager_alive", manager_alive, METH_O, "manager_alive(pidfd): see fallback"},
+    {"manager_alive", (PyCFunction)(void (*)(void))manager_alive, METH_FASTCALL,
+     "manager_alive(pidfd, ctl=None): see fallback"},
+    {"hold_liveness", hold_liveness, METH_O, "hold_liveness(ctl): see fallback"},
+    {"release_liveness", release_liveness, METH_O, "release_liveness(ctl): see fallback"},
     {"key_hash", key_hash, METH_O, "key_hash(key_bytes): CRC-32, as zlib.crc32"},
+    {"count_found", (PyCFunction)(void (*)(void))count_found, METH_FASTCALL,
+     "count_found(words, found): see fallback.count_found"},
     {"find", (PyCFunction)(void (*)(void))find, METH_FASTCALL, "see fallback.find"},
     {"stripes_enter", (PyCFunction)(void (*)(void))stripes_enter, METH_FASTCALL,
      "see fallback.stripes_enter"},
@@ -758,10 +880,12 @@ PyMODINIT_FUNC PyInit__chot(void) {
     if (PyModule_AddIntConstant(m, "TORN", TORN) < 0 || PyModule_AddIntConstant(m, "STALE", STALE) < 0)
         goto fail;
     PyObject *layout = Py_BuildValue(
-        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "HEADER_WORDS", HEADER_WORDS, "STRIPES",
+        "{s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i,s:i}", "HEADER_WORDS", HEADER_WORDS, "STRIPES",
         STRIPES, "SLOT_WORDS", SLOT_WORDS, "S_HASH_KLEN", S_HASH_KLEN, "S_REF", S_REF, "S_VLEN",
         S_VLEN, "S_ORDER", S_ORDER, "S_EXPIRES", S_EXPIRES, "W_INDEX_GEN", W_INDEX_GEN, "EMPTY", REF_EMPTY, "DELETED",
-        REF_DELETED, "OFFSET_BITS", OFFSET_BITS);
+        REF_DELETED, "OFFSET_BITS", OFFSET_BITS, "READER_WORDS", READER_WORDS, "R_HITS", R_HITS,
+        "R_MISSES", R_MISSES, "W_LIVENESS_TID", W_LIVENESS_TID, "W_LIVENESS_MUTEX", W_LIVENESS_MUTEX,
+        "LIVENESS_MUTEX_WORDS", LIVENESS_MUTEX_WORDS);
     if (!layout || PyModule_AddObject(m, "LAYOUT", layout) < 0) {
         Py_XDECREF(layout);
         goto fail;

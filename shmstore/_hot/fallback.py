@@ -20,6 +20,7 @@ and checks everything it reads.
 from __future__ import annotations
 
 import select
+import threading
 import zlib
 from collections.abc import Sequence
 from itertools import accumulate, count
@@ -30,7 +31,9 @@ from .. import _layout as L
 __all__ = [
     "STALE",
     "TORN",
+    "count_found",
     "find",
+    "hold_liveness",
     "index_delete",
     "index_set",
     "key_hash",
@@ -38,6 +41,7 @@ __all__ = [
     "manager_alive",
     "place",
     "rebuild",
+    "release_liveness",
     "stripes_enter",
     "stripes_exit",
 ]
@@ -132,12 +136,55 @@ def lookup(
     return out
 
 
-def manager_alive(pidfd: int) -> bool:
+def manager_alive(pidfd: int, ctl: memoryview | None = None) -> bool:
     """Whether the process of ``pidfd`` still runs: one ``poll`` of it, without blocking
-    (a poll object per call: they refuse concurrent use by threads)."""
+    (a poll object per call: they refuse concurrent use by threads). The compiled twin
+    first reads the liveness mutex in the store's header ``ctl`` (see
+    :func:`hold_liveness`) and polls only if that does not show the manager alive; this
+    one always polls.
+
+    :raises ValueError: ``ctl`` is not a store's header (the compiled twin).
+    """
     exited = select.poll()
     exited.register(pidfd, select.POLLIN)
     return not exited.poll(0)
+
+
+def hold_liveness(ctl: memoryview) -> bool:
+    """In the manager's main thread, once: hold a robust process-shared mutex in the
+    header's words ``W_LIVENESS_MUTEX`` on and publish this thread's id in
+    ``W_LIVENESS_TID``, so readers tell that the manager runs by one load (the kernel
+    marks the mutex when its holder dies); whether it did. Pure Python cannot hold a
+    pthread mutex: this one does nothing and returns ``False``, and readers poll the
+    manager's pidfd.
+    """
+    return False
+
+
+def release_liveness(ctl: memoryview) -> None:
+    """Before the manager unmaps its header (``ctl``, its words): clear
+    ``W_LIVENESS_TID`` (readers poll the pidfd from then on) and let go of the mutex
+    :func:`hold_liveness` took."""
+    ctl[L.W_LIVENESS_TID] = 0
+
+
+#: Orders this process's threads' additions to their reader slots (the compiled twin
+#: has the GIL for that).
+_COUNT_LOCK = threading.Lock()
+
+
+def count_found(words: memoryview, found: list[Any]) -> None:
+    """Add a batch's hits (values) and misses (``None``) in ``found`` to the reader slot
+    ``words`` (``READER_WORDS`` 64-bit words, writable).
+
+    :raises ValueError: ``words`` is not one reader slot.
+    """
+    if len(words) < L.READER_WORDS:
+        raise ValueError("words must be one aligned reader slot")
+    misses = found.count(None)
+    with _COUNT_LOCK:
+        words[L.R_HITS] += len(found) - misses
+        words[L.R_MISSES] += misses
 
 
 def find(slots: memoryview, arenas: list[Any], keys: list[bytes]) -> list[int]:
