@@ -17,6 +17,13 @@ ever reading a reply that is not its own:
   readable between requests has seen that EOF (a manager sends nothing unasked), so
   it is dropped before it is used: the request connects afresh and raises, or reaches
   the store restarted under the same name.
+
+Waiting for a reply, a client first polls its connection for up to
+:data:`SPIN_BEFORE_BLOCK_NS`, yielding the CPU between polls, and only then blocks in
+``read``. A manager answers a batched ``mset`` in some 50 µs, and a process that blocks
+for that long lets its CPU go idle: on a virtual machine, waking an idle vCPU costs tens
+of microseconds each way, which was most of a batch's round trip (measured: one writer
+380k -> 590k keys/s of 1.5 kB values in batches of 64).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import os
 import select
 import threading
+import time
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client as _connect
 from multiprocessing.connection import Connection
@@ -33,7 +41,10 @@ from ._errors import StoreClosedError, StoreConnectionError, StorePermissionErro
 from ._protocol import parse_reply
 from ._runtime import StorePaths
 
-__all__ = ["Client"]
+__all__ = ["SPIN_BEFORE_BLOCK_NS", "Client"]
+
+#: How long a client polls for a reply before it blocks in ``read``, in ns.
+SPIN_BEFORE_BLOCK_NS = 100_000
 
 
 class Client:
@@ -72,6 +83,7 @@ class Client:
             connection = self._connection or self._connect()
             try:
                 connection.send_bytes(frame)
+                self._spin_for_reply()
                 reply = connection.recv_bytes()
             except BaseException as exc:
                 self._discard()
@@ -81,6 +93,14 @@ class Client:
                     ) from exc
                 raise
         return parse_reply(reply)
+
+    def _spin_for_reply(self) -> None:
+        """Poll the connection until it is readable (the reply, or the manager's EOF)
+        or :data:`SPIN_BEFORE_BLOCK_NS` have passed; the lock is held."""
+        readable, clock = self._ended.poll, time.perf_counter_ns
+        deadline = clock() + SPIN_BEFORE_BLOCK_NS
+        while not readable(0) and clock() < deadline:
+            os.sched_yield()  # to the manager, if it waits for this CPU
 
     def wait_for_end(self, timeout_s: float) -> bool:
         """After a request that stops the manager: wait until it has exited (its end
