@@ -18,16 +18,12 @@ ever reading a reply that is not its own:
   it is dropped before it is used: the request connects afresh and raises, or reaches
   the store restarted under the same name.
 
-Waiting for a reply, a client first polls its connection for a while, yielding the CPU
-between polls, and only then blocks in ``read``. A manager answers a batched ``mset``
-in some 50 µs, and a process that blocks for that long lets its CPU go idle: on a
-virtual machine, waking an idle vCPU costs tens of microseconds each way, which was
-most of a batch's round trip (measured: one writer 380k -> 590k keys/s of 1.5 kB values
-in batches of 64). It spins only while replies come within :data:`SPIN_MAX_NS` on
-average (a moving average of its waits; every 8th request spins regardless, to keep
-that average true): when they come later (several writers on few CPUs, the manager
-answering others first), a spinning client would only take CPU from the manager that
-must answer it, so it blocks at once.
+Waiting for a reply, a client first polls its connection for up to
+:data:`SPIN_BEFORE_BLOCK_NS`, yielding the CPU between polls, and only then blocks in
+``read``. A manager answers a batched ``mset`` in some 50 µs, and a process that blocks
+for that long lets its CPU go idle: on a virtual machine, waking an idle vCPU costs tens
+of microseconds each way, which was most of a batch's round trip (measured: one writer
+380k -> 590k keys/s of 1.5 kB values in batches of 64).
 """
 
 from __future__ import annotations
@@ -45,10 +41,10 @@ from ._errors import StoreClosedError, StoreConnectionError, StorePermissionErro
 from ._protocol import parse_reply
 from ._runtime import StorePaths
 
-__all__ = ["SPIN_MAX_NS", "Client"]
+__all__ = ["SPIN_BEFORE_BLOCK_NS", "Client"]
 
-#: Longest a client polls for a reply before it blocks in ``read``, in ns.
-SPIN_MAX_NS = 100_000
+#: How long a client polls for a reply before it blocks in ``read``, in ns.
+SPIN_BEFORE_BLOCK_NS = 100_000
 
 
 class Client:
@@ -67,8 +63,6 @@ class Client:
         #: Whether :meth:`close` was called (an attribute, not a property: every ``mget``
         #: reads it).
         self.closed = False
-        self._wait_ns = 0  # the moving average of the waits for a reply (see the module)
-        self._requests = 0
         #: Counts the connections made. A new one may reach a new manager (the store
         #: restarted under the same name), so state kept about the old one, such as
         #: the limits read from its header, must be read again when this changes.
@@ -89,16 +83,8 @@ class Client:
             connection = self._connection or self._connect()
             try:
                 connection.send_bytes(frame)
-                sent = time.perf_counter_ns()
-                self._requests += 1
-                # Every 8th spins whatever the average, so an average raised by
-                # blocking (whose wake-up it includes) or by one long request can fall.
-                if self._wait_ns <= SPIN_MAX_NS or not self._requests & 7:
-                    self._spin_for_reply()
+                self._spin_for_reply()
                 reply = connection.recv_bytes()
-                # A moving average of the waits for a reply (weight 1/8), which
-                # decides whether the next one spins.
-                self._wait_ns += (time.perf_counter_ns() - sent - self._wait_ns) >> 3
             except BaseException as exc:
                 self._discard()
                 if isinstance(exc, (EOFError, OSError)):
@@ -110,9 +96,9 @@ class Client:
 
     def _spin_for_reply(self) -> None:
         """Poll the connection until it is readable (the reply, or the manager's EOF)
-        or :data:`SPIN_MAX_NS` have passed; the lock is held."""
+        or :data:`SPIN_BEFORE_BLOCK_NS` have passed; the lock is held."""
         readable, clock = self._ended.poll, time.perf_counter_ns
-        deadline = clock() + SPIN_MAX_NS
+        deadline = clock() + SPIN_BEFORE_BLOCK_NS
         while not readable(0) and clock() < deadline:
             os.sched_yield()  # to the manager, if it waits for this CPU
 
