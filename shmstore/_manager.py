@@ -43,6 +43,7 @@ meant for the owner, which then closes the store.
 from __future__ import annotations
 
 import collections
+import contextlib
 import gc
 import os
 import select
@@ -203,8 +204,10 @@ class Manager:
         signal.signal(signal.SIGTERM, self.stop_soon)
         self._watch_owner()
         # Last, in this (the main) thread, which lives as long as the process: readers
-        # tell the manager runs by a load of the header from here on.
-        self._hot.hold_liveness(self._table.header)
+        # tell the manager runs by a load of the header from here on. Should the mutex
+        # fail, they poll its pidfd instead, as for a pure-Python manager.
+        with contextlib.suppress(OSError):
+            self._hot.hold_liveness(self._table.header)
 
     def _start_tracker(self, table: Table, tracking: dict[str, Any]) -> None:
         from ._tracking import CLIENT_NAME, Tracker
