@@ -12,23 +12,13 @@ from . import _protocol as proto
 from ._client import Client
 from ._errors import StoreNotFoundError
 from ._launcher import SAVING_STOP_TIMEOUT_S
-from ._runtime import StorePaths
+from ._runtime import StorePaths, pid_alive
 from ._segment import Segment
 from ._stats import StoreStats, read_stats
 
 __all__ = ["Administration"]
 
 TYPE_CHECKING = False
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class Administration:
@@ -66,7 +56,7 @@ class Administration:
         header = memoryview(ctl.buf).cast("Q")
         table = memoryview(readers.buf).cast("Q")
         try:
-            if not _pid_alive(header[L.W_MANAGER_PID]):
+            if not pid_alive(header[L.W_MANAGER_PID]):
                 raise StoreNotFoundError(f"store {self.name!r} has stopped")
             return read_stats(header, table)
         finally:

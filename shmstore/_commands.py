@@ -7,13 +7,12 @@ same facts for scripts. Each returns the process's exit code (see :data:`EXIT`).
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from typing import Any
 
 from ._errors import StoreNotFoundError
-from ._runtime import default_runtime_dir
+from ._runtime import default_runtime_dir, store_names
 from ._store import SharedByteStore
 
 __all__ = ["EXIT", "delete", "get", "keys", "ls", "put", "stats", "stop"]
@@ -51,19 +50,11 @@ def _attach(name: str, runtime_dir: str | None) -> SharedByteStore:
     return SharedByteStore.attach(name, runtime_dir=runtime_dir)
 
 
-def _names(runtime_dir: str) -> list[str]:
-    try:
-        entries = os.listdir(runtime_dir)
-    except FileNotFoundError:
-        return []
-    return sorted(e[: -len(".sock")] for e in entries if e.endswith(".sock"))
-
-
 def ls(runtime_dir: str | None, as_json: bool) -> int:
     """The running stores of this user: name, keys, bytes, clients, age."""
     directory = runtime_dir or default_runtime_dir()
     rows = []
-    for name in _names(directory):
+    for name in store_names(directory):
         try:
             with _attach(name, directory) as store:
                 s, info = store.stats(), store.info()

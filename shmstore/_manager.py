@@ -421,15 +421,7 @@ class Manager:
             if op == proto.SAVE:
                 result = self._save(args[0])  # takes the table lock itself, briefly
             elif op == proto.INFO:
-                with self._peers_lock:
-                    clients = len(self._peers)
-                result = {
-                    "pid": os.getpid(),
-                    "owner_pid": self._owner_pid,
-                    "started": self._started_ns,
-                    "clients": clients,
-                    "snapshot": self._snapshot.get("path"),
-                }
+                result = self._info()
             elif op == proto.STOP:
                 reply.send(proto.ok_reply(None))
                 self._stopping = True
@@ -490,6 +482,17 @@ class Manager:
                 session.reader_slot = self._readers.assign()
             return session.reader_slot
         return None
+
+    def _info(self) -> dict[str, Any]:
+        with self._peers_lock:
+            clients = len(self._peers)
+        return {
+            "pid": os.getpid(),
+            "owner_pid": self._owner_pid,
+            "started": self._started_ns,
+            "clients": clients,
+            "snapshot": self._snapshot.get("path"),
+        }
 
     def _save(self, path: str) -> int:
         assert self._snapshots is not None

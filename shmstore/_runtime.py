@@ -36,14 +36,39 @@ __all__ = [
     "claim",
     "default_runtime_dir",
     "new_name",
+    "pid_alive",
     "private_dir",
     "remove_segments",
+    "store_names",
 ]
 
 AUTHKEY_BYTES = 32
 # sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 107
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_SOCKET_SUFFIX = ".sock"
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's counts: it cannot be signalled,
+    but it runs)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def store_names(directory: str) -> list[str]:
+    """The names of the stores with a socket in ``directory``, sorted (a store whose
+    manager died uncleanly may still be listed: attaching tells)."""
+    try:
+        entries = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    return sorted(e.removesuffix(_SOCKET_SUFFIX) for e in entries if e.endswith(_SOCKET_SUFFIX))
 
 
 def default_runtime_dir() -> str:
@@ -124,7 +149,7 @@ class StorePaths(_Fields):
 
     @property
     def socket(self) -> str:
-        return os.path.join(self.directory, f"{self.name}.sock")
+        return os.path.join(self.directory, self.name + _SOCKET_SUFFIX)
 
     @property
     def key(self) -> str:

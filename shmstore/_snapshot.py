@@ -47,6 +47,7 @@ import threading
 import zlib
 
 from ._errors import SnapshotError
+from ._runtime import pid_alive
 
 # typing is imported for the type checker only: this module runs in the manager.
 TYPE_CHECKING = False
@@ -131,13 +132,9 @@ def _remove_abandoned(path: str) -> None:
         pid = name.removeprefix(f"{base}.tmp-")
         if pid == name or not pid.isdigit() or int(pid) == os.getpid():
             continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
+        if not pid_alive(int(pid)):
             with contextlib.suppress(OSError):
                 os.unlink(os.path.join(directory, name))
-        except PermissionError:
-            pass  # another user's process: alive, and not ours to touch
 
 
 def load(path: str) -> Iterator[list[tuple[memoryview, memoryview, int]]]:

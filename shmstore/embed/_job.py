@@ -320,10 +320,10 @@ def run_job(
     with store_cm as store:
         saved = set(store.yield_keys(prefix=NAMESPACE))
         summary.from_saved_cache = sum(cache_key(t) in saved for t in texts)
+        del saved
         # With every chunk in the cache already, the workers load the model only if a
         # chunk turns out to be missing after all (evicted, or deleted by another host).
-        eager = any(cache_key(t) not in saved for t in first_seen)
-        del saved
+        eager = summary.from_saved_cache < len(texts)
         with ProcessPoolExecutor(
             workers,
             mp_context=context,
