@@ -44,7 +44,8 @@ def test_a_round_trip_keeps_every_entry_its_order_and_its_deadline(
     path = tmp_path / "store.snap"
     with shmstore.SharedByteStore() as store:
         _fill(store)
-        store.mset([("short-lived", b"goes")], ttl_s=1)
+        # Long enough to outlast the save and the next start on a loaded machine.
+        store.mset([("short-lived", b"goes")], ttl_s=3)
         before = _contents(store)
         assert store.save(path) == len(before)
     with shmstore.SharedByteStore(snapshot=path) as loaded:
