@@ -101,7 +101,13 @@ from __future__ import annotations
 
 import os
 import zlib
-from hashlib import blake2b
+
+# BLAKE2 from CPython's own module: hashlib would load OpenSSL too, half a MB of the
+# manager's memory for a hash taken once per store name.
+try:
+    from _blake2 import blake2b
+except ImportError:  # an interpreter built without it
+    from hashlib import blake2b
 
 __all__ = [
     "CTL_BYTES",

@@ -24,9 +24,14 @@ import threading
 import zlib
 from collections.abc import Sequence
 from itertools import accumulate, count
-from typing import Any
 
 from .. import _layout as L
+
+# The manager imports this module: typing is for the type checker only, kept out of that
+# process's memory (annotations are not evaluated at run time).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = [
     "STALE",
