@@ -10,10 +10,10 @@ reads; 4 processes only overwriting, beside 1 doing the same; and the memory hel
 because a write overlapped their keys, and those given up to the manager.
 
 Every figure is measured in worker processes (spawned), never in the process that
-started the store, and is the median of ``--repeat`` rounds (default
-5), each on a freshly started store, the peers taking turns within each round. Ratios
-are shmstore's figure over the peer's, so above 1 means shmstore is faster, for latency
-too.
+started the store, and is the median of ``--repeat`` rounds (default 5), each on a
+freshly started store, the peers taking turns within each round, in an order that
+turns by one each round. Ratios are shmstore's figure over the peer's, so above 1 means
+shmstore is faster, for latency too.
 
 Run from the repository root:  python -m benchmarks.bench_stores [--repeat 5] [--quick]
 """
@@ -239,9 +239,12 @@ def main(argv: list[str] | None = None) -> None:
     runs: dict[str, list[dict[str, float]]] = {p.name: [] for p in available}
     with ctx.Pool(READERS, initializer=_init_worker, initargs=(barrier,)) as pool:
         # Peers take turns within each round, so a drift in the machine's state (another
-        # process, the CPU's clock) falls on all of them rather than on one.
+        # process, the CPU's clock) falls on all of them rather than on one; the order
+        # turns by one each round, so no peer is always first, or always follows the
+        # same one (whatever state that one leaves the machine in).
         for n in range(repeat):
-            for peer_cls in available:
+            turn = n % len(available)
+            for peer_cls in available[turn:] + available[:turn]:
                 figures = measure(peer_cls, pool, args)
                 memory = measure_memory(peer_cls, pool, args[0], args[1])
                 if memory is not None:
