@@ -364,10 +364,10 @@ def test_many_threads_connect_while_a_slow_handshake_is_pending(byte_store):
 def test_the_manager_process_imports_no_more_than_it_needs():
     # Its interpreter's memory is part of every store's footprint (README: memory at
     # 200,000 values); these modules cost it about 1.5 MB and the manager uses none.
-    code = "import sys, shmstore._manager; print(sorted(set(sys.modules) & BANNED))"
     banned = {"typing", "hashlib", "_hashlib", "langchain_core", "shmstore._store"}
+    code = f"import sys, shmstore._manager; print(sorted(set(sys.modules) & {banned!r}))"
     done = subprocess.run(
-        [sys.executable, "-c", code.replace("BANNED", repr(banned))],
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         timeout=60,
