@@ -44,9 +44,31 @@ def _reads(server: redis.Redis) -> dict:
     return {c: stats.get(f"cmdstat_{c}", {}).get("calls") for c in commands}
 
 
-def _read_until_held(store, keys: list[str]) -> None:
-    """Read ``keys`` through ``store`` until its near cache holds them all: a fill is
-    refused while the server's report of an earlier write of them is on its way."""
+def _settle(store, url: str) -> None:
+    """Wait until the server's reports of every write made so far have reached
+    ``store``'s near cache. Redis sends the tracking connection its invalidations in the
+    order of the writes, so once the report of a write made now has come (a marker key
+    held in the near cache is dropped), every earlier write's has too."""
+    near = store.near_cache
+    marker = f"settle-marker-{time.monotonic_ns()}"  # never written before: no stale report
+
+    def held() -> bool:
+        near.fill([marker], [b"m"], 0, near.invalidation_seq())
+        return near.get([marker]) == [b"m"]
+
+    assert _workers.eventually(held, 10)
+    with shmstore.RedisByteStore(url, namespace=store.namespace) as plain:
+        plain.mset([(marker, b"m")])
+        assert _workers.eventually(lambda: near.get([marker]) == [None], 10)
+        plain.mdelete([marker])
+
+
+def _read_until_held(store, url: str, keys: list[str]) -> None:
+    """Read ``keys`` through ``store`` until its near cache holds them all, once the
+    reports of earlier writes have arrived: a report still on its way would drop a copy
+    filled after the write it reports (a fill is refused only if it read the server
+    before the report came)."""
+    _settle(store, url)
     near = store.near_cache
     assert _workers.eventually(
         lambda: None not in store.mget(keys) and None not in near.get(keys), 10
@@ -63,7 +85,7 @@ def test_a_read_the_near_cache_holds_makes_no_request(near_store, redis_url, nam
     with shmstore.RedisByteStore(redis_url, namespace=namespace) as plain:
         plain.mset([("a", b"1"), ("b", b"2")])
     assert near_store.mget(["a", "b", "c"]) == [b"1", b"2", None]  # from the server
-    _read_until_held(near_store, ["a", "b"])
+    _read_until_held(near_store, redis_url, ["a", "b"])
     stats = near_store.near_cache.stats()
     assert stats.keys == 2  # filled with what was found
     with _server(redis_url) as server:
@@ -74,10 +96,10 @@ def test_a_read_the_near_cache_holds_makes_no_request(near_store, redis_url, nam
     assert after.hits - stats.hits == 3 and after.misses == stats.misses
 
 
-def test_a_write_is_read_back_on_its_host_at_once(near_store):
+def test_a_write_is_read_back_on_its_host_at_once(near_store, redis_url):
     near_store.mset([("k", b"old")])
     assert near_store.mget(["k"]) == [b"old"]
-    _read_until_held(near_store, ["k"])
+    _read_until_held(near_store, redis_url, ["k"])
     near_store.mset([("k", b"new")])
     assert near_store.near_cache.get(["k"]) == [None]  # the old copy is gone
     assert near_store.mget(["k"]) == [b"new"]
@@ -91,7 +113,7 @@ def test_a_write_on_another_host_reaches_this_near_cache(near_store, redis_url, 
     B reads its own write at once, and this host within the stated bound."""
     near_store.mset([("k", b"v1")])
     assert near_store.mget(["k"]) == [b"v1"]
-    _read_until_held(near_store, ["k"])
+    _read_until_held(near_store, redis_url, ["k"])
     ctx = multiprocessing.get_context("spawn")
     results = ctx.SimpleQueue()
     host_b = ctx.Process(
@@ -131,9 +153,9 @@ def test_a_forged_or_forgotten_invalidation_number_fills_nothing(near_store):
     assert near.get(["k"]) == [None]
 
 
-def test_the_near_cache_is_shared_by_the_processes_it_is_handed_to(near_store):
+def test_the_near_cache_is_shared_by_the_processes_it_is_handed_to(near_store, redis_url):
     near_store.mset([("k", b"v")])
-    _read_until_held(near_store, ["k"])
+    _read_until_held(near_store, redis_url, ["k"])
     hits = near_store.near_cache.stats().hits
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(1) as pool:
@@ -144,7 +166,7 @@ def test_the_near_cache_is_shared_by_the_processes_it_is_handed_to(near_store):
 def test_a_killed_tracking_connection_empties_the_near_cache(near_store, redis_url):
     keys = [f"k{i}" for i in range(100)]
     near_store.mset([(k, b"v") for k in keys])
-    _read_until_held(near_store, keys)
+    _read_until_held(near_store, redis_url, keys)
     assert near_store.near_cache.stats().keys == 100
     client = _tracking_client(redis_url, near_store)
     assert client is not None and "t" in client["flags"] and "B" in client["flags"]
@@ -167,7 +189,7 @@ def test_a_flush_of_the_server_empties_the_near_cache(make_server):
     url = f"unix://{server.path}"
     with shmstore.RedisByteStore(url, namespace="flush", near_cache_bytes=1 << 20) as store:
         store.mset([("a", b"1"), ("b", b"2")])
-        _read_until_held(store, ["a", "b"])
+        _read_until_held(store, url, ["a", "b"])
         assert store.near_cache.stats().keys == 2
         with _server(url) as direct:
             direct.flushdb()
@@ -181,7 +203,7 @@ def test_a_server_that_went_away_drops_the_near_cache(make_server):
     options = {"near_cache_bytes": 1 << 20, "timeout_s": 1}
     with shmstore.RedisByteStore(url, namespace="gone", **options) as store:
         store.mset([("a", b"1")])
-        _read_until_held(store, ["a"])
+        _read_until_held(store, url, ["a"])
         assert store.near_cache.stats().keys == 1
         server.kill()
         assert _workers.eventually(lambda: store.near_cache.stats().keys == 0, 10)
@@ -189,12 +211,12 @@ def test_a_server_that_went_away_drops_the_near_cache(make_server):
             store.mget(["a"])  # a miss here, and the server is gone
 
 
-def test_the_near_cache_holds_its_bound(near_store):
+def test_the_near_cache_holds_its_bound(near_store, redis_url):
     value = b"x" * 4096
     for start in range(0, 4000, 100):
         keys = [f"k{i}" for i in range(start, start + 100)]
         near_store.mset([(k, value) for k in keys])
-        _read_until_held(near_store, keys)
+        _read_until_held(near_store, redis_url, keys)
     stats = near_store.near_cache.stats()
     assert stats.bytes <= 4 << 20 and stats.evictions > 0
     assert near_store.mget(["k0", "k3999"]) == [value, value]  # the server has all
