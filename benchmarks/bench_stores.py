@@ -5,8 +5,9 @@ Workload (from CONTEXT.md): 20,000 keys of 45 characters with 1,536-byte values 
 ``mget`` latency; 64 values of 1 MiB in batches of 4; 4 processes reading all keys in
 batches of 64 at once. The mixed load a cache sees (issue 9): 4 processes over 4,096
 keys, batches of 64 of random keys, 1 batch in 5 (and 1 in 2) an overwrite, the rest
-reads; 4 processes only overwriting, beside 1 doing the same; and the memory held at
-200,000 values. For shmstore the proxies also count their direct reads that read again
+reads; 4 processes only overwriting, beside 1 doing the same, with the CPU time the
+server process spends per batch in each (for the stores that have one); and the memory
+held at 200,000 values. For shmstore the proxies also count their direct reads that read again
 because a write overlapped their keys, and those given up to the manager.
 
 Every figure is measured in worker processes (spawned), never in the process that
@@ -171,6 +172,23 @@ def measure_memory(peer_cls, pool, n_keys: int, batch: int) -> float | None:
         peer.stop()
 
 
+class _ServerCpu:
+    """The CPU time a peer's server process (shmstore's manager, redis-server, the
+    BaseManager's process) spends on a workload, per batch: a steadier figure than
+    throughput on a machine whose speed drifts, and the one that bounds several writers
+    on few cores. It includes the workers' connecting (a handshake each), not their
+    preparing of the batches, during which the server is idle."""
+
+    def __init__(self, peer) -> None:
+        self._pid = peer.server_pid()
+        self._start = None if self._pid is None else peers.cpu_seconds(self._pid)
+
+    def record(self, figures: dict[str, float], label: str, batches: int) -> None:
+        if self._pid is not None:
+            used = peers.cpu_seconds(self._pid) - self._start
+            figures[f"{label} server CPU per batch µs"] = used / batches * 1e6
+
+
 def measure(peer_cls, pool, args) -> dict[str, float]:
     peer = peer_cls()
     handle = peer.start()
@@ -183,9 +201,12 @@ def measure(peer_cls, pool, args) -> dict[str, float]:
             figures[f"{READERS} readers keys/s"] = sum(n for _, _, n in spans) / elapsed
             pool.apply(load_values, (peer_cls, handle, MIXED_KEYS, 64))
             for label, every in (("1 in 5 writes", 5), ("1 in 2 writes", 2), ("4 writers", 1)):
+                used = _ServerCpu(peer)
                 runs = pool.starmap(
                     mixed_run, [(peer_cls, handle, every, seed) for seed in range(READERS)]
                 )
+                if every == 1:
+                    used.record(figures, "4 writers", READERS * MIXED_OPS)
                 elapsed = max(r[1] for r in runs) - min(r[0] for r in runs)
                 figures[f"{label} keys/s"] = sum(r[2] for r in runs) / elapsed
                 counted = [r[3] for r in runs if r[3] is not None]
@@ -193,7 +214,9 @@ def measure(peer_cls, pool, args) -> dict[str, float]:
                     reads = sum(c[0] for c in counted) or 1
                     figures[f"{label} retried %"] = 100 * sum(c[1] for c in counted) / reads
                     figures[f"{label} fell back %"] = 100 * sum(c[2] for c in counted) / reads
+            used = _ServerCpu(peer)
             figures["1 writer keys/s"] = pool.apply(one_writer_run, (peer_cls, handle, 0))
+            used.record(figures, "1 writer", MIXED_OPS)
         return figures
     finally:
         peer.stop()

@@ -34,6 +34,14 @@ def rss_anon(pid: int) -> int:
     raise ValueError(f"no RssAnon for pid {pid}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used, user and system, all its threads (the ones that
+    have ended included), in seconds; to the kernel's clock tick (10 ms here)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def allocated(path: str) -> int:
     """Bytes allocated on disk (or tmpfs) for a file or everything under a directory."""
     if os.path.isfile(path):
@@ -63,6 +71,10 @@ class Peer:
 
     def footprint(self) -> int | None:
         """Bytes of memory the running store holds, or None if not measured."""
+        return None
+
+    def server_pid(self) -> int | None:
+        """The process that serves every client's requests, or None if none does."""
         return None
 
     @classmethod
@@ -95,6 +107,9 @@ class ShmStorePeer(Peer):
             if e.startswith(prefix)
         )
         return rss_anon(self._store.manager_pid) + segments
+
+    def server_pid(self):
+        return self._store.manager_pid
 
 
 class InMemoryPeer(Peer):
@@ -138,6 +153,9 @@ class ManagerDictPeer(Peer):
 
     def footprint(self):
         return rss_anon(self._manager._process.pid)
+
+    def server_pid(self):
+        return self._manager._process.pid
 
 
 class _BatchedTable:
@@ -184,6 +202,9 @@ class BatchedBaseManagerPeer(Peer):
 
     def footprint(self):
         return rss_anon(self._manager._process.pid)
+
+    def server_pid(self):
+        return self._manager._process.pid
 
     @staticmethod
     def connect(handle):
@@ -268,6 +289,9 @@ class RedisPeer(Peer):
 
     def footprint(self):
         return rss_anon(self._server.pid)
+
+    def server_pid(self):
+        return self._server.pid
 
 
 class _LmdbClient:
