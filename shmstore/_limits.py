@@ -81,8 +81,11 @@ class Limits(_Fields):
         """Largest request frame: a batch at its limit, plus room for its framing."""
         return self.max_batch_bytes + max(1 << 20, self.max_batch_bytes // 8)
 
-    def check_batch(self, keys: Sequence[str], value_sizes: Sequence[int]) -> None:
-        """Raise if one value or the whole batch is over its limit.
+    def check_batch(
+        self, keys: Sequence[str] | Sequence[bytes], value_sizes: Sequence[int]
+    ) -> None:
+        """Raise if one value or the whole batch is over its limit. ``keys``: as
+        ``str``, or as their UTF-8 ``bytes``.
 
         :raises ValueTooLargeError: names the first value over ``max_value_bytes``.
         :raises BatchTooLargeError: keys and values add up to over ``max_batch_bytes``.
@@ -96,7 +99,10 @@ class Limits(_Fields):
         values = sum(value_sizes)
         # A key's UTF-8 is 1 to 4 bytes a character: encode only when that matters.
         if values + 4 * sum(map(len, keys)) > self.max_batch_bytes:
-            total = values + sum(len(k.encode("utf-8", "surrogatepass")) for k in keys)
+            total = values + sum(
+                len(k) if isinstance(k, bytes) else len(k.encode("utf-8", "surrogatepass"))
+                for k in keys
+            )
             if total > self.max_batch_bytes:
                 raise BatchTooLargeError(
                     f"the batch's keys and values add up to {total} bytes, over "

@@ -43,6 +43,10 @@ default.
 ``[OK, result]`` or ``[ERROR, kind, message]``, ``kind`` naming a :mod:`shmstore` exception
 class. Strings are packed with ``surrogatepass``, so every Python ``str``, lone surrogates
 included, is a key that round-trips exactly.
+
+The manager first offers each frame to :func:`shmstore._hot.fallback.parse_mset` (or its
+compiled twin), which decodes an ``MSET`` in the form :func:`pack` writes it and
+declines anything else; a declined frame is parsed here in full.
 """
 
 from __future__ import annotations

@@ -201,10 +201,22 @@ class Table:
             own keys and values are over ``max_store_bytes``); nothing was applied.
         :raises StoreFullError: ``/dev/shm`` cannot hold the batch; nothing was applied.
         """
+        self.set_encoded(_encode(keys), values, acknowledge, ttl_ns)
+
+    def set_encoded(
+        self,
+        encoded: list[bytes],
+        values: Sequence[Any],
+        acknowledge: Callable[[], None] | None = None,
+        ttl_ns: int | None = None,
+    ) -> None:
+        """:meth:`set_many` with the keys given as their UTF-8 ``bytes``
+        (``surrogatepass``), as an ``mset`` request carries them
+        (:func:`shmstore._hot.fallback.parse_mset`); the same arguments otherwise, the
+        same errors, and the same all-or-nothing."""
         hot, arena, index = self._hot, self.arena, self.index
-        encoded = _encode(keys)
         lengths = list(map(len, values))  # values are bytes or 1-D byte memoryviews
-        self._limits.check_batch(keys, lengths)
+        self._limits.check_batch(encoded, lengths)
         now = time.monotonic_ns()
         ttl = self.policy.ttl_ns if ttl_ns is None else ttl_ns
         expires = now + ttl if ttl else 0

@@ -1,6 +1,7 @@
 """The compiled lookup built with AddressSanitizer and fed random and hostile memory:
 an index and arenas of random words, slots that name real keys with offsets and lengths
-past the end of their arena, arena ids past the list, odd stripes. Every Python object
+past the end of their arena, arena ids past the list, odd stripes; and its decoding of
+mset request frames fed frames cut short and changed. Every Python object
 is its own malloc block (PYTHONMALLOC=malloc), so a read one byte past an arena or an
 index is reported and fails the test."""
 
@@ -55,6 +56,18 @@ DRIVER = textwrap.dedent(
         got = _chot.lookup(ctl_view, slots, 5, arenas, keys, marks[0], now)
         want = fallback.lookup(ctl_view, slots, 5, arenas, keys, marks[1], now)
         assert (got, marks[0]) == (want, marks[1]), (case, got, want)
+
+    # The mset request decoding: frames cut short, with bytes changed or added.
+    from shmstore import _protocol as proto
+    good = proto.pack([proto.MSET, ["key", "\\u00e9\\ud800", ""], [b"v" * 300, b"", b"x"], 2**40])
+    for case in range(int(sys.argv[3])):
+        frame = bytearray(good[: rng.randrange(len(good) + 1)])
+        for _ in range(rng.randrange(4)):
+            if frame:
+                frame[rng.randrange(len(frame))] = rng.randrange(256)
+        frame = bytes(frame) + bytes(rng.randrange(3))
+        got = _chot.parse_mset(frame)
+        assert got is None or got == fallback.parse_mset(frame), (case, frame)
     print("ok")
     """
 )
@@ -71,7 +84,7 @@ def _libasan() -> str | None:
 
 
 @pytest.mark.skipif(_libasan() is None, reason="gcc with AddressSanitizer is not installed")
-def test_lookup_under_address_sanitizer_reads_nothing_outside_its_buffers(tmp_path):
+def test_lookup_and_decoding_under_address_sanitizer_read_nothing_outside_their_buffers(tmp_path):
     target = tmp_path / ("_chot" + sysconfig.get_config_var("EXT_SUFFIX"))
     subprocess.run(
         [

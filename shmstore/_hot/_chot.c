@@ -855,6 +855,117 @@ static PyObject *rebuild(PyObject *self, PyObject *const *args, Py_ssize_t nargs
     return live < 0 ? NULL : PyLong_FromLong(live);
 }
 
+/* -- the mset request, decoded -------------------------------------------------- */
+
+/* The protocol's constants: must equal shmstore/_protocol.py (tests/test_hot.py checks). */
+#define OP_MSET 2
+#define MAX_TTL_NS ((UINT64_C(1) << 62) - 1)
+
+typedef struct {
+    const unsigned char *p, *end;
+} Cursor;
+
+/* An unsigned big-endian integer of `bytes` bytes, as msgpack writes lengths. */
+static int read_be(Cursor *c, int bytes, uint64_t *out) {
+    if (c->end - c->p < bytes) return -1;
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++) v = v << 8 | c->p[i];
+    c->p += bytes;
+    *out = v;
+    return 0;
+}
+
+/* The length of the msgpack item at the cursor if its type byte is one of a kind's
+ * (fix: mask and value of its fixed forms, if any; then the type bytes of its 1-, 2-
+ * and 4-byte length forms, 0 for none), the cursor moved past the header; -1 if not. */
+static int header_of(Cursor *c, unsigned char fix_mask, unsigned char fix, unsigned char b8,
+                     unsigned char b16, unsigned char b32, uint64_t *n) {
+    if (c->p >= c->end) return -1;
+    unsigned char b = *c->p++;
+    if (fix_mask && (b & fix_mask) == fix) {
+        *n = b & (unsigned char)~fix_mask;
+        return 0;
+    }
+    if (b8 && b == b8) return read_be(c, 1, n);
+    if (b == b16) return read_be(c, 2, n);
+    if (b == b32) return read_be(c, 4, n);
+    return -1;
+}
+
+#define ARRAY_HEADER(c, n) header_of((c), 0xF0, 0x90, 0, 0xDC, 0xDD, (n))
+#define STR_HEADER(c, n) header_of((c), 0xE0, 0xA0, 0xD9, 0xDA, 0xDB, (n))
+#define BIN_HEADER(c, n) header_of((c), 0, 0, 0xC4, 0xC5, 0xC6, (n))
+
+/* Whether p[0:n] is a key msgpack-python would decode (UTF-8, lone surrogates passed
+ * through): ASCII at once, anything else by CPython's own decoder. */
+static int key_decodes(const unsigned char *p, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    while (i < n && p[i] < 0x80) i++;
+    if (i == n) return 1;
+    PyObject *str = PyUnicode_DecodeUTF8((const char *)p, n, "surrogatepass");
+    if (!str) {
+        PyErr_Clear();
+        return 0;
+    }
+    Py_DECREF(str);
+    return 1;
+}
+
+static PyObject *parse_mset(PyObject *self, PyObject *frame) {
+    if (!PyBytes_Check(frame)) Py_RETURN_NONE;
+    Cursor c = {(const unsigned char *)PyBytes_AS_STRING(frame), NULL};
+    c.end = c.p + PyBytes_GET_SIZE(frame);
+    PyObject *keys = NULL, *values = NULL, *ttl = NULL, *result = NULL;
+    uint64_t n, count, values_count, v;
+    /* [MSET, keys, values, ttl]: the opcode a positive fixint, as the packer writes it. */
+    if (ARRAY_HEADER(&c, &n) < 0 || n != 4 || c.p >= c.end || *c.p++ != OP_MSET) goto decline;
+    /* Every key takes at least a byte: a count beyond the bytes left is a lie. */
+    if (ARRAY_HEADER(&c, &count) < 0 || count > (uint64_t)(c.end - c.p)) goto decline;
+    if (!(keys = PyList_New((Py_ssize_t)count))) return NULL;
+    for (uint64_t k = 0; k < count; k++) {
+        if (STR_HEADER(&c, &n) < 0 || n > (uint64_t)(c.end - c.p)) goto decline;
+        if (!key_decodes(c.p, (Py_ssize_t)n)) goto decline;
+        PyObject *key = PyBytes_FromStringAndSize((const char *)c.p, (Py_ssize_t)n);
+        if (!key) goto fail;
+        PyList_SET_ITEM(keys, (Py_ssize_t)k, key);
+        c.p += n;
+    }
+    if (ARRAY_HEADER(&c, &values_count) < 0 || values_count != count) goto decline;
+    if (!(values = PyList_New((Py_ssize_t)count))) goto fail;
+    for (uint64_t k = 0; k < count; k++) {
+        if (BIN_HEADER(&c, &n) < 0 || n > (uint64_t)(c.end - c.p)) goto decline;
+        PyObject *value = PyBytes_FromStringAndSize((const char *)c.p, (Py_ssize_t)n);
+        if (!value) goto fail;
+        PyList_SET_ITEM(values, (Py_ssize_t)k, value);
+        c.p += n;
+    }
+    /* ttl: nil, or a non-negative integer in the forms the packer writes for one. */
+    if (c.p >= c.end) goto decline;
+    unsigned char b = *c.p++;
+    if (b == 0xC0) {
+        ttl = Py_NewRef(Py_None);
+    } else {
+        if (b <= 0x7F) v = b;
+        else if (b == 0xCC) { if (read_be(&c, 1, &v) < 0) goto decline; }
+        else if (b == 0xCD) { if (read_be(&c, 2, &v) < 0) goto decline; }
+        else if (b == 0xCE) { if (read_be(&c, 4, &v) < 0) goto decline; }
+        else if (b == 0xCF) { if (read_be(&c, 8, &v) < 0) goto decline; }
+        else goto decline;
+        if (v > MAX_TTL_NS) goto decline;
+        if (!(ttl = PyLong_FromUnsignedLongLong(v))) goto fail;
+    }
+    if (c.p != c.end) goto decline; /* trailing bytes: not one msgpack document */
+    result = PyTuple_Pack(3, keys, values, ttl);
+    goto fail; /* releases our references either way */
+decline:
+    result = Py_NewRef(Py_None);
+fail:
+    Py_XDECREF(keys);
+    Py_XDECREF(values);
+    Py_XDECREF(ttl);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"lookup", (PyCFunction)(void (*)(void))lookup, METH_FASTCALL,
      "lookup(ctl, slots, generation, arenas, keys, visited=None, now=0): see fallback.lookup"},
@@ -875,6 +986,7 @@ static PyMethodDef methods[] = {
      "see fallback.index_delete"},
     {"place", (PyCFunction)(void (*)(void))place, METH_FASTCALL, "see fallback.place"},
     {"rebuild", (PyCFunction)(void (*)(void))rebuild, METH_FASTCALL, "see fallback.rebuild"},
+    {"parse_mset", parse_mset, METH_O, "parse_mset(frame): see fallback.parse_mset"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -901,6 +1013,12 @@ PyMODINIT_FUNC PyInit__chot(void) {
         "LIVENESS_MUTEX_WORDS", LIVENESS_MUTEX_WORDS);
     if (!layout || PyModule_AddObject(m, "LAYOUT", layout) < 0) {
         Py_XDECREF(layout);
+        goto fail;
+    }
+    PyObject *protocol = Py_BuildValue("{s:i,s:K}", "MSET", OP_MSET, "MAX_TTL_NS",
+                                       (unsigned long long)MAX_TTL_NS);
+    if (!protocol || PyModule_AddObject(m, "PROTOCOL", protocol) < 0) {
+        Py_XDECREF(protocol);
         goto fail;
     }
     return m;

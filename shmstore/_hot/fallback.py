@@ -11,10 +11,11 @@ consistency argument are :mod:`shmstore._layout`'s. Arguments, for every functio
 * ``keys``: a list of keys as UTF-8 ``bytes`` (``surrogatepass``); :func:`lookup` also
   takes them as ``str``, encoded so.
 
-The writer's functions (everything but :func:`lookup`, :func:`key_hash` and
-:func:`manager_alive`) run in the manager only, one batch at a time, and trust what
-they read; :func:`lookup` runs in every proxy against memory the manager is changing,
-and checks everything it reads.
+The writer's functions (everything but :func:`lookup`, :func:`key_hash`,
+:func:`manager_alive` and :func:`parse_mset`) run in the manager only, one batch at a
+time, and trust what they read; :func:`lookup` runs in every proxy against memory the
+manager is changing, and checks everything it reads; :func:`parse_mset` runs in the
+manager on what a client sent, and checks everything it reads.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from collections.abc import Sequence
 from itertools import accumulate, count
 
 from .. import _layout as L
+from .. import _protocol as proto
+from .._errors import ProtocolError
 
 # The manager imports this module: typing is for the type checker only, kept out of that
 # process's memory (annotations are not evaluated at run time).
@@ -44,6 +47,7 @@ __all__ = [
     "key_hash",
     "lookup",
     "manager_alive",
+    "parse_mset",
     "place",
     "rebuild",
     "release_liveness",
@@ -427,3 +431,33 @@ def rebuild(
                 )
             live += 1
     return live
+
+
+#: How every ``mset`` request frame the proxies pack begins: a msgpack array of 4
+#: (fixarray), then the opcode as a positive fixint.
+_MSET_START = bytes([0x94, proto.MSET])
+
+
+def parse_mset(frame: bytes) -> tuple[list[bytes], list[bytes], int | None] | None:
+    """An ``[MSET, keys, values, ttl]`` request frame (:mod:`shmstore._protocol`),
+    decoded for :meth:`~shmstore._table.Table.set_encoded`: ``(keys, values, ttl)``,
+    the keys as UTF-8 ``bytes`` (``surrogatepass``), exactly as
+    :func:`~shmstore._protocol.parse_request` and encoding its keys would give them.
+
+    ``None`` means only "parse it in full": for any frame that is not such a request,
+    and for one in a form the packer does not write (an opcode or a ``ttl`` encoded
+    in a longer form than needed; the compiled twin takes only the packer's forms).
+    The caller then calls :func:`~shmstore._protocol.parse_request`, which names what
+    is wrong with the frame, or accepts it. Nothing is raised.
+    """
+    if type(frame) is not bytes or frame[:2] != _MSET_START:
+        return None
+    try:
+        _mset, (keys, values, ttl) = proto.parse_request(frame)  # MSET, by its start
+    except ProtocolError:
+        return None
+    try:
+        encoded = list(map(str.encode, keys))
+    except UnicodeEncodeError:
+        encoded = [key.encode("utf-8", "surrogatepass") for key in keys]
+    return encoded, values, ttl
