@@ -5,20 +5,25 @@ The owner starts it as ``python -m shmstore._manager`` (see :mod:`shmstore._laun
 writes its configuration as one msgpack map to its stdin, and waits for the line
 ``ready`` on its stdout. Then:
 
-* **one thread per connection** first runs the authkey challenge (with a deadline, so a
-  peer that never answers holds up only its own thread), then loops: read one request,
-  apply it to the table under the table lock, send the reply. An ``mset`` is
-  acknowledged as soon as the manager needs nothing more from its client, inside the
-  write window (its keys' stripes odd), and finished while the client prepares its
-  next request (see :meth:`Table.set_many <shmstore._table.Table.set_many>`); that
-  early reply is sent only if it cannot block, since the table lock is held. A thread
-  woken straight out of ``read`` answers about 10 us sooner than an epoll loop on
-  these machines, and a client that stalls mid-frame stalls nobody else. Decoding and
-  encoding happen outside the lock; only the table operation is inside it, and the
-  table publishes each write batch under its keys' stripe versions, so every batch is
-  atomic to every other process without any lock a client could hold. When a
-  process's last connection ends, the
-  staging segments it left are unlinked.
+* **a thread per new connection** runs the authkey challenge (with a deadline, so a
+  peer that never answers holds up only its own thread) and hands the connection to
+  the main thread.
+* **the main thread** serves every connection from one event loop
+  (:mod:`selectors`), each connection a :class:`~shmstore._channel.Channel` read and
+  written without blocking: a client that stalls mid-frame, or leaves its replies
+  unread, stalls nobody else. For each request it completes: decode it, apply it to
+  the table under the table lock, send the reply. An ``mset`` is acknowledged as soon
+  as the manager needs nothing more from its client, inside the write window (its
+  keys' stripes odd), and finished while the client prepares its next request (see
+  :meth:`Table.set_many <shmstore._table.Table.set_many>`). The table publishes each
+  write batch under its keys' stripe versions, so every batch is atomic to every
+  other process without any lock a client could hold; the table lock is there for
+  the threads below. A snapshot request is written by a thread of its own, the loop
+  serving the other clients meanwhile. One thread serving every client, rather than
+  a thread each, is what lets several writers get what one gets: the threads spent
+  the manager's CPU on handing the GIL and the table lock to one another (see
+  :mod:`shmstore._channel`). When a process's last connection ends, the staging
+  segments it left are unlinked.
 * **a reserver thread** keeps arena pages reserved ahead of need (:class:`_Reserver`),
   in system calls that release the GIL, beside the connection threads.
 * **a tracker thread**, in a near cache only (:mod:`shmstore._nearcache`), holds the
@@ -29,10 +34,10 @@ writes its configuration as one msgpack map to its stdin, and waits for the line
 * **a sweeper thread** reclaims expired entries once their deadline has passed
   (:class:`_Sweeper`), so an idle store does not hold expired data; it sleeps while
   nothing is due.
-* **the main thread** accepts connections and waits for the end: SIGTERM (how the
-  owner's ``close()`` stops the manager; ``signal.set_wakeup_fd`` wakes the wait) or the
-  owner's exit, even by SIGKILL, seen through a pidfd (Linux 5.3+) or, elsewhere, by
-  polling the parent pid once a second. It then unlinks the segments, socket and key
+* **the main thread's loop** also accepts connections and waits for the end: SIGTERM
+  (how the owner's ``close()`` stops the manager; ``signal.set_wakeup_fd`` wakes the
+  wait) or the owner's exit, even by SIGKILL, seen through a pidfd (Linux 5.3+) or,
+  elsewhere, by polling the parent pid once a second. It then unlinks the segments, socket and key
   and exits, which closes every connection, so a dead job leaves no process, no file
   and no shared memory behind.
 
@@ -46,7 +51,6 @@ import collections
 import contextlib
 import gc
 import os
-import select
 import selectors
 import signal
 import socket
@@ -60,6 +64,7 @@ import msgpack
 
 from . import _hot
 from . import _protocol as proto
+from ._channel import SCRATCH_BYTES, Channel
 from ._errors import ProtocolError, StoreError
 from ._invalidation import Invalidations
 from ._limits import Limits
@@ -76,6 +81,7 @@ from ._table import Table
 # at run time typing would cost that process memory for nothing.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 __all__ = ["Manager", "main"]
@@ -160,6 +166,13 @@ class Manager:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._stopping = False
+        # Work other threads hand to the main thread (a connection through its
+        # handshake, a snapshot's reply), run there after the next wake-up; the lock
+        # keeps a late thread from writing to the wake pipe once it is closed.
+        self._calls: collections.deque[Callable[[], None]] = collections.deque()
+        self._calls_lock = threading.Lock()
+        self._calls_closed = False
+        self._scratch = memoryview(bytearray(SCRATCH_BYTES))  # every channel reads here
 
     # -- start-up -------------------------------------------------------------------
 
@@ -272,11 +285,29 @@ class Manager:
         try:
             while not self._stopping:
                 for key, _events in self._selector.select(poll_s):
-                    key.data(key.fileobj)
+                    self._dispatch(key.data, key.fileobj)
                 if poll_s is not None and os.getppid() != self._owner_pid:
                     self._stopping = True
         finally:
             self._close()
+
+    def _dispatch(self, callback: Callable[[Any], None], fileobj: Any) -> None:
+        if not isinstance(fileobj, Channel):
+            callback(fileobj)
+            return
+        # Dropped by an earlier event of the same wait: its descriptor may already
+        # be another connection's.
+        if fileobj.closed:
+            return
+        try:
+            callback(fileobj)
+        except Exception:
+            # A bug in serving one client (its bad requests get error replies): said
+            # on stderr, then that client only is dropped; the loop serves on.
+            import traceback  # only here: kept out of the manager's memory otherwise
+
+            traceback.print_exc(file=sys.stderr)
+            self._drop(fileobj)
 
     def stop_soon(self, _signum: int = 0, _frame: Any = None) -> None:
         """Make :meth:`serve_forever` return; usable as a signal handler."""
@@ -304,17 +335,52 @@ class Manager:
         # segment as the last of the process's.
         with self._peers_lock:
             self._peers[pid] += 1
-        threading.Thread(target=self._serve_connection, args=(connection, pid), daemon=True).start()
+        threading.Thread(target=self._admit, args=(connection, pid), daemon=True).start()
+
+    def _admit(self, connection: Connection, peer_pid: int) -> None:
+        """A new connection's thread: the authkey challenge, with a deadline, so that a
+        peer that never answers holds up only this thread; then the connection joins
+        the main thread's loop. Nothing an unauthenticated peer sends is decoded: the
+        challenge reads only its fixed-size HMAC exchange."""
+        try:
+            _set_socket_timeouts(connection.fileno(), HANDSHAKE_TIMEOUT_S)
+            deliver_challenge(connection, self._authkey)
+            answer_challenge(connection, self._authkey)
+            _set_socket_timeouts(connection.fileno(), 0)
+            channel = Channel(connection, peer_pid, self._limits.max_frame_bytes, _Session())
+        except Exception:
+            # A failed or abandoned challenge: it never was a client.
+            self._peer_left(peer_pid)
+            connection.close()
+            return
+        if not self._call_soon(lambda: self._listen_to(channel)):
+            self._peer_left(peer_pid)
+            channel.close()
+
+    def _call_soon(self, call: Callable[[], None]) -> bool:
+        """Have the main thread run ``call`` (from any thread); ``False`` if the
+        manager is closing and never will."""
+        with self._calls_lock:
+            if self._calls_closed:
+                return False
+            self._calls.append(call)
+            with contextlib.suppress(BlockingIOError):  # full: a wake-up is pending
+                os.write(self._wake_w, b"\0")
+        return True
 
     def _drain_wakeups(self, _wake_r: Any) -> None:
         os.read(self._wake_r, 4096)  # wake-ups carry no data; the loop rechecks _stopping
+        calls = self._calls
+        while calls:
+            calls.popleft()()
 
     def _owner_exited(self, _fd: Any) -> None:
         self._stopping = True
 
     def _close(self) -> None:
-        # Connection threads are daemons blocked in read: the process exit that follows
-        # closes their sockets, and every client sees EOF at once.
+        # Connections stay open until the process exits (their end tells every client
+        # at once that the store is gone, its snapshot saved); handshake threads are
+        # daemons.
         if self._listener is not None:
             self._listener.close()
         if self._reserver is not None:
@@ -341,6 +407,8 @@ class Manager:
                 self._table.close()
         self._paths.remove(self._authkey)
         signal.set_wakeup_fd(-1)
+        with self._calls_lock:
+            self._calls_closed = True
         os.close(self._wake_w)
         os.close(self._wake_r)
         if self._owner_fd is not None:
@@ -349,51 +417,87 @@ class Manager:
 
     # -- connection threads -----------------------------------------------------------
 
-    def _serve_connection(self, connection: Connection, peer_pid: int) -> None:
-        staging = _MappedStaging()
-        session = _Session()
-        try:
-            try:
-                # Nothing an unauthenticated peer sends is decoded: the challenge reads
-                # only its fixed-size HMAC exchange.
-                _set_socket_timeouts(connection.fileno(), HANDSHAKE_TIMEOUT_S)
-                deliver_challenge(connection, self._authkey)
-                answer_challenge(connection, self._authkey)
-                _set_socket_timeouts(connection.fileno(), 0)
-            except Exception:
-                return  # a failed or abandoned challenge: it never was a client
-            writable = select.poll()
-            writable.register(connection.fileno(), select.POLLOUT)
-            while True:
-                # A client killed mid-frame gives EOF here before anything of its
-                # partial frame is decoded, so none of that batch is applied.
-                frame = connection.recv_bytes(self._limits.max_frame_bytes)
-                reply = _Reply(connection, writable)
-                keep = self._handle(frame, peer_pid, staging, session, reply)
-                if reply.error is not None:
-                    return  # the client is gone
-                if self._reserver is not None:
-                    self._reserver.wake_if_short()
-                if not keep:
-                    return
-        except (EOFError, OSError):
-            return  # the client is gone, or its socket broke: drop this client only
-        except Exception:
-            # Not the client's doing (its bad requests get error replies): a bug here.
-            # Said on stderr, then this client only is dropped.
-            import traceback  # only here: kept out of the manager's memory otherwise
+    def _listen_to(self, channel: Channel) -> None:
+        self._interest(channel, selectors.EVENT_READ, self._on_readable)
 
-            traceback.print_exc(file=sys.stderr)
+    def _on_readable(self, channel: Channel) -> None:
+        """Serve the requests a connection's data completes."""
+        try:
+            frames = channel.read_frames(self._scratch)
+        except (ProtocolError, OSError):
+            frames = None  # over the frame limit, or its socket broke: drop it
+        if frames is None:
+            # The client is gone. One killed mid-frame ends here before anything of
+            # its partial frame is decoded, so none of that batch is applied.
+            self._drop(channel)
             return
-        finally:
-            staging.close()
-            if session.reader_slot >= 0 and self._readers is not None:
-                with self._table_lock:
-                    self._readers.release(session.reader_slot)
-            self._peer_left(peer_pid)
-            # Closed last: once a connection's socket is gone, so is whatever its end
-            # removes.
-            connection.close()
+        channel.backlog.extend(frames)
+        self._serve_backlog(channel)
+
+    def _serve_backlog(self, channel: Channel) -> None:
+        """Serve a channel's complete requests in order, until one is served off the
+        loop or its replies back up; then wait for the one or the other."""
+        backlog = channel.backlog
+        while backlog and not channel.waiting and not channel.closing:
+            reply = _Reply(channel)
+            keep = self._handle(backlog.popleft(), reply)
+            if reply.error is not None:
+                self._drop(channel)  # the client is gone
+                return
+            if self._reserver is not None:
+                self._reserver.wake_if_short()
+            if not keep:
+                channel.closing = True
+        self._watch(channel)
+
+    def _watch(self, channel: Channel) -> None:
+        """Wait for what the channel needs next: room for its queued replies, else its
+        next requests; nothing while a request of it is served off the loop (its
+        reply, sent from this thread, resumes it)."""
+        if channel.closed:
+            return
+        if channel.backed_up:
+            self._interest(channel, selectors.EVENT_WRITE, self._on_writable)
+        elif channel.closing:
+            self._drop(channel)
+        elif channel.waiting:
+            self._interest(channel, 0, None)
+        else:
+            self._interest(channel, selectors.EVENT_READ, self._on_readable)
+
+    def _interest(self, channel: Channel, events: int, callback: Any) -> None:
+        if events == channel.events:
+            return
+        if not events:
+            self._selector.unregister(channel)
+        elif not channel.events:
+            self._selector.register(channel, events, callback)
+        else:
+            self._selector.modify(channel, events, callback)
+        channel.events = events
+
+    def _on_writable(self, channel: Channel) -> None:
+        try:
+            channel.flush()
+        except OSError:
+            self._drop(channel)
+            return
+        if not channel.backed_up:
+            self._serve_backlog(channel)
+
+    def _drop(self, channel: Channel) -> None:
+        if channel.closed:
+            return
+        self._interest(channel, 0, None)
+        session = channel.session
+        session.staging.close()
+        if session.reader_slot >= 0 and self._readers is not None:
+            with self._table_lock:
+                self._readers.release(session.reader_slot)
+        self._peer_left(channel.peer_pid)
+        # Closed last: once a connection's socket is gone, so is whatever its end
+        # removes.
+        channel.close()
 
     def _peer_left(self, peer_pid: int) -> None:
         with self._peers_lock:
@@ -404,15 +508,11 @@ class Manager:
                 # staging segment behind; nobody else will ever unlink it.
                 self._paths.remove_segments(f"s{peer_pid}.")
 
-    def _handle(
-        self,
-        frame: bytes,
-        peer_pid: int,
-        staging: _MappedStaging,
-        session: _Session,
-        reply: _Reply,
-    ) -> bool:
-        """Serve one request frame and send its reply; whether to keep the connection."""
+    def _handle(self, frame: bytes, reply: _Reply) -> bool:
+        """Serve one request frame and send its reply (or have it sent: a snapshot is
+        written off the loop); whether to keep the connection."""
+        channel = reply.channel
+        session: _Session = channel.session
         try:
             batch = self._hot.parse_mset(frame)  # the most common request, at C speed
             if batch is not None:
@@ -422,12 +522,19 @@ class Manager:
                 reply.send(proto.ok_reply(None))
                 return True
             op, args = proto.parse_request(frame)
-            if op == proto.MSET_SHM and not args[1].startswith(f"s{peer_pid}."):
+            if op == proto.MSET_SHM and not args[1].startswith(f"s{channel.peer_pid}."):
                 raise ProtocolError("a client may only send its own staging segments")
             result: Any
             if op == proto.SAVE:
-                result = self._save(args[0])  # takes the table lock itself, briefly
-            elif op == proto.INFO:
+                # Seconds for a large store: written by a thread of its own, so the
+                # loop serves the other clients meanwhile (the table lock is held only
+                # briefly); this channel waits for it.
+                channel.waiting = True
+                threading.Thread(
+                    target=self._save_then_reply, args=(args[0], reply), daemon=True
+                ).start()
+                return True
+            if op == proto.INFO:
                 result = self._info()
             elif op == proto.STOP:
                 reply.send(proto.ok_reply(None))
@@ -438,7 +545,7 @@ class Manager:
                 return True
             else:
                 with self._table_lock:
-                    result = self._apply(op, args, staging, session, reply)
+                    result = self._apply(op, args, session, reply)
             reply.send(proto.ok_reply(result))
             return True
         except ProtocolError as exc:
@@ -458,7 +565,6 @@ class Manager:
         self,
         op: int,
         args: list[Any],
-        staging: _MappedStaging,
         session: _Session,
         reply: _Reply,
     ) -> Any:
@@ -476,7 +582,7 @@ class Manager:
         elif op == proto.KEYS:
             return table.keys(args[0])
         elif op == proto.MSET_SHM:
-            self._apply_staged(table, staging, reply, *args)
+            self._apply_staged(table, session.staging, reply, *args)
             self._wake_sweeper(table, args[3])
         elif op == proto.INVALIDATE:
             table.delete_many(args[0])
@@ -510,6 +616,30 @@ class Manager:
             "clients": clients,
             "snapshot": self._snapshot.get("path"),
         }
+
+    def _save_then_reply(self, path: str, reply: _Reply) -> None:
+        """A snapshot request's thread: write it, then have the loop send the reply
+        and serve the channel again."""
+        try:
+            frame = proto.ok_reply(self._save(path))
+        except StoreError as exc:
+            frame = proto.error_reply(exc)
+        except Exception as exc:  # a bug in the manager: report it, keep serving
+            import traceback  # only here: kept out of the manager's memory otherwise
+
+            traceback.print_exc(file=sys.stderr)
+            frame = proto.error_reply(StoreError(f"manager error: {exc!r}"))
+
+        def send() -> None:
+            channel = reply.channel
+            channel.waiting = False
+            reply.send(frame)
+            if reply.error is not None:
+                self._drop(channel)
+            elif not channel.closed:
+                self._serve_backlog(channel)
+
+        self._call_soon(send)
 
     def _save(self, path: str) -> int:
         assert self._snapshots is not None
@@ -670,28 +800,30 @@ class _Sweeper:
 
 
 class _Session:
-    """What the manager keeps of one connection: its reader-table slot."""
+    """What the manager keeps of one connection: its reader-table slot and its
+    mapping of the client's staging segment."""
 
-    __slots__ = ("reader_slot",)
+    __slots__ = ("reader_slot", "staging")
 
     def __init__(self) -> None:
         self.reader_slot = -1
+        self.staging = _MappedStaging()
 
 
 class _Reply:
     """One request's reply, sent at most once: early, from inside the table for an
-    ``mset`` that can no longer fail, else once the request is done. A failed send is
-    kept, not raised, so the table finishes the batch it acknowledged; the connection
-    then ends."""
+    ``mset`` that can no longer fail, else once the request is done. Sending never
+    blocks (what the socket cannot take waits in the channel, and the channel is not
+    read again until it has gone), so the table may acknowledge with its lock held. A
+    failed send is kept, not raised, so the table finishes the batch it acknowledged;
+    the connection then ends."""
 
-    __slots__ = ("_connection", "_writable", "error", "sent")
+    __slots__ = ("channel", "error", "sent")
 
     _ACK = proto.ok_reply(None)
 
-    def __init__(self, connection: Connection, writable: select.poll) -> None:
-        """:param writable: polls the connection for ``POLLOUT``."""
-        self._connection = connection
-        self._writable = writable
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
         self.sent = False
         self.error: OSError | None = None
 
@@ -700,19 +832,13 @@ class _Reply:
             return
         self.sent = True
         try:
-            self._connection.send_bytes(frame)
+            self.channel.send(frame)
         except OSError as exc:
             self.error = exc
 
     def acknowledge(self) -> None:
-        """Send the reply of a successful request with no result, if that cannot block.
-
-        The table calls this with its lock held. A client that leaves its replies
-        unread fills its socket, and a send would then wait there, holding up every
-        other client; so unless the socket has room (``POLLOUT``: a quarter of its
-        buffer free), the reply is left for :meth:`send` once the request is done."""
-        if self._writable.poll(0):
-            self.send(self._ACK)
+        """Send the reply of a successful request with no result."""
+        self.send(self._ACK)
 
 
 class _MappedStaging:
