@@ -687,8 +687,9 @@ class Manager:
         ttl: int | None,
     ) -> None:
         # The values are copied once, from the client's staging segment into the arena,
-        # and acknowledged then, before the index changes: the client reuses or removes
-        # the segment as soon as it has the reply (see shmstore._staging).
+        # after the acknowledgment: the client reuses the segment only once a later
+        # request has its reply, by when this one is done (see shmstore._staging), and
+        # one it removes stays mapped here.
         segment = staging.open(self._paths.segment_prefix + name)
         try:
             if sum(lengths) > segment.size:
@@ -699,7 +700,7 @@ class Manager:
                 views.append(whole[offset : offset + n])
                 offset += n
             try:
-                table.set_many(keys, views, reply.acknowledge, ttl)
+                table.set_many(keys, views, reply.acknowledge, ttl, values_stay=True)
             finally:
                 for view in views:
                     view.release()
@@ -842,35 +843,40 @@ class _Reply:
 
 
 class _MappedStaging:
-    """One connection's mapping of its client's kept staging segment, so that the
-    pages are mapped once, not at every request; other segments are unmapped after use."""
+    """One connection's mappings of its client's kept staging segments (two, used in
+    turn: see :mod:`shmstore._staging`), so that their pages are mapped once, not at
+    every request; other segments are unmapped after use."""
+
+    KEPT = 2
 
     def __init__(self) -> None:
-        self._segment: Segment | None = None
+        self._segments: dict[str, Segment] = {}  # by name, the last used last
 
     def open(self, name: str) -> Segment:
         """The segment ``name``, mapped read-only.
 
         :raises ProtocolError: there is no such segment.
         """
-        segment = self._segment
-        if segment is not None and segment.name == name:
+        segment = self._segments.pop(name, None)
+        if segment is not None:
+            self._segments[name] = segment
             return segment
-        self.close()
         try:
             return Segment.open(name)
         except FileNotFoundError as exc:
             raise ProtocolError(f"no staging segment {name!r}") from exc
 
     def done(self, segment: Segment) -> None:
-        if segment.size <= KEEP_BYTES:
-            self._segment = segment
-        else:
+        if segment.size > KEEP_BYTES:
             segment.close()
+            return
+        self._segments[segment.name] = segment
+        while len(self._segments) > self.KEPT:  # the client has replaced one
+            self._segments.pop(next(iter(self._segments))).close()
 
     def close(self) -> None:
-        segment, self._segment = self._segment, None
-        if segment is not None:
+        segments, self._segments = self._segments, {}
+        for segment in segments.values():
             segment.close()
 
 

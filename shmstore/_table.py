@@ -181,13 +181,16 @@ class Table:
         values: Sequence[Any],
         acknowledge: Callable[[], None] | None = None,
         ttl_ns: int | None = None,
+        values_stay: bool = False,
     ) -> None:
         """Store the pairs in order, so the last value of a repeated key wins.
 
-        :param values: bytes-like objects, as many as ``keys``; they must stay as
-            they are until ``acknowledge`` is called (or this returns). A list of
-            ``bytes`` is taken as this process's own and copied after
-            ``acknowledge``; anything else (views of a staging segment) before it.
+        :param values: bytes-like objects, as many as ``keys``. A list of ``bytes``
+            is taken as this process's own and copied after ``acknowledge``; anything
+            else before it, unless ``values_stay``.
+        :param values_stay: the values stay as they are until this returns, whatever
+            ``acknowledge`` tells the client (views of a staging segment, which the
+            client reuses only after a later reply): copied after ``acknowledge``.
         :param acknowledge: called once the batch can no longer fail, with the write
             window open on its keys' stripes, before the index changes (the manager
             replies there, so its client prepares the next request while this one is
@@ -201,7 +204,7 @@ class Table:
             own keys and values are over ``max_store_bytes``); nothing was applied.
         :raises StoreFullError: ``/dev/shm`` cannot hold the batch; nothing was applied.
         """
-        self.set_encoded(_encode(keys), values, acknowledge, ttl_ns)
+        self.set_encoded(_encode(keys), values, acknowledge, ttl_ns, values_stay)
 
     def set_encoded(
         self,
@@ -209,6 +212,7 @@ class Table:
         values: Sequence[Any],
         acknowledge: Callable[[], None] | None = None,
         ttl_ns: int | None = None,
+        values_stay: bool = False,
     ) -> None:
         """:meth:`set_many` with the keys given as their UTF-8 ``bytes``
         (``surrogatepass``), as an ``mset`` request carries them
@@ -259,11 +263,11 @@ class Table:
         refs = arena.allocate(sizes)
         # Entries go into blocks no slot points at (a reused block was freed by an
         # earlier batch, which moved its key's stripe on), so readers of other keys
-        # never notice them. Values sent in the request are this process's own and are
-        # written after the acknowledgment, so the client's wait does not include the
-        # copy; staged ones are copied before it, since the client reuses its staging
-        # segment as soon as it has the reply.
-        owned = type(values) is list and set(map(type, values)) <= {bytes}
+        # never notice them. Values that stay (this process's own, sent in the
+        # request, or in a staging segment the client does not reuse yet) are written
+        # after the acknowledgment, so the client's wait does not include the copy;
+        # others before it.
+        owned = values_stay or (type(values) is list and set(map(type, values)) <= {bytes})
         if not owned:
             hot.place(arena.buffers, refs, encoded, values)
         with self._window(encoded + removed if removed else encoded):

@@ -1,6 +1,6 @@
-"""Large batches travel through staging segments (shmstore._staging): a proxy keeps one
-for reuse, and must never reuse it while the manager could still be reading it, or
-leave it behind."""
+"""Large batches travel through staging segments (shmstore._staging): a proxy keeps two
+for reuse, in turn, and must never reuse one while the manager could still be reading
+it, or leave one behind."""
 
 from __future__ import annotations
 
@@ -25,28 +25,53 @@ def _value(tag: str, size: int = LARGE) -> bytes:
     return (tag.encode() * (size // len(tag) + 1))[:size]
 
 
-def test_large_batches_reuse_one_kept_segment_which_close_removes(byte_store):
+def test_large_batches_take_two_kept_segments_in_turn_which_close_removes(byte_store):
     seen = []
     for n in range(4):
         byte_store.mset([(f"k{n}", _value(f"v{n}")), ("last", _value(f"last{n}"))])
         seen.append(_segments_of(byte_store))
-    assert len(seen[0]) == 1 and seen == [seen[0]] * 4  # one segment, the same each time
+    assert len(seen[1]) == 2 and seen[1:] == [seen[1]] * 3  # the same two each time
     assert byte_store.mget(["k0", "k3", "last"]) == [_value("v0"), _value("v3"), _value("last3")]
     byte_store.close()
     assert _segments_of(byte_store) == []
 
 
-def test_the_reply_comes_after_the_manager_has_copied_the_staged_values(byte_store):
-    # The proxy may overwrite its kept segment as soon as it has the reply, as its next
-    # large batch does; the batch it staged there must be stored whole all the same.
-    keys = [f"k{i}" for i in range(4000)]
+def test_a_kept_segment_is_taken_again_only_after_a_later_reply(byte_store):
+    stager = _staging.Stager(byte_store._paths.segment_prefix)
+    try:
+        names = []
+        for _ in range(4):
+            staged = stager.stage([_value("x")], LARGE, generation=1)
+            names.append(staged.suffix)
+            stager.done(staged, replied=True)
+        assert names[0] == names[2] != names[1] == names[3]
+        staged = stager.stage([_value("x")], LARGE, generation=1)
+        stager.done(staged, replied=False)  # the manager may still read either
+        assert _segments_of(byte_store) == []
+        staged = stager.stage([_value("x")], LARGE, generation=1)
+        assert staged.suffix not in names
+        stager.done(staged, replied=True)
+        staged = stager.stage([_value("x")], LARGE, generation=2)  # a new connection
+        assert len(_segments_of(byte_store)) == 1  # the old connection's: removed
+        stager.done(staged, replied=True)
+    finally:
+        stager.close()
+    assert _segments_of(byte_store) == []
+
+
+def test_the_staged_values_are_stored_whole_though_the_reply_comes_before_the_copy(byte_store):
+    # The manager acknowledges a staged batch before copying it out, so the proxy's
+    # next batch, staged the moment the reply is in, must go into the other segment.
+    # Here that next batch is garbage staged at once and never sent: 15 MB in one copy,
+    # which overtakes the manager's copying entry by entry.
+    keys = [f"k{i}" for i in range(1000)]
+    stager = byte_store._stager
+    garbage = bytes(15_000 * len(keys))
     for round_ in range(5):
-        values = [_value(f"{round_}:{key}:", 100) for key in keys]
+        values = [_value(f"{round_}:{key}:", 15_000) for key in keys]
         byte_store.mset(list(zip(keys, values, strict=True)))
-        staged = byte_store._stager.stage(
-            [bytes(100)] * len(keys), 100 * len(keys), byte_store._client.generation
-        )
-        byte_store._stager.done(staged, replied=True)
+        staged = stager.stage([garbage], len(garbage), byte_store._client.generation)
+        stager.done(staged, replied=False)  # as if its request had failed: both dropped
         assert byte_store.mget(keys) == values
 
 
@@ -130,7 +155,7 @@ def test_threads_staging_at_once_never_share_a_segment(byte_store):
     for thread in threads:
         thread.join()
     assert wrong == []
-    assert len(_segments_of(byte_store)) <= 1  # only the kept one outlives its batch
+    assert len(_segments_of(byte_store)) <= 2  # only the kept ones outlive their batch
 
 
 def test_forked_child_stages_into_its_own_segment(byte_store):
