@@ -131,7 +131,7 @@ _ARITY = {
     INVALIDATE: 1, FILL: 4, SAVE: 1, STOP: 0, INFO: 0,
 }
 _MAX_TTL_NS = (1 << 62) - 1
-_STAGING_SEGMENT = re.compile(r"s\d+\.\d+")
+_STAGING_SEGMENT = re.compile(r"s[0-9]+\.[0-9]+")
 
 
 def pack(obj: Any) -> bytes:

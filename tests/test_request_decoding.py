@@ -1,8 +1,9 @@
-"""The ``mset`` request frame decoded by the hot functions (``parse_mset``), twice: for
-every frame, each implementation gives what the protocol's full parse gives (keys
-encoded as the table takes them) or declines it, and declines every frame that parse
-rejects; the compiled one takes every frame the proxies pack. The hostile frames of
-``fuzz_corpus/`` reach the manager through this decoding in test_hostile.py."""
+"""The ``mset`` request frames decoded by the hot functions (``parse_mset``, and
+``parse_mset_shm`` for a staged batch), twice: for every frame, each implementation
+gives what the protocol's full parse gives (keys encoded as the table takes them) or
+declines it, and declines every frame that parse rejects; the compiled one takes every
+frame the proxies pack. The hostile frames of ``fuzz_corpus/`` reach the manager
+through this decoding in test_hostile.py."""
 
 from __future__ import annotations
 
@@ -39,7 +40,31 @@ def _reference(frame: bytes):
     return [k.encode("utf-8", "surrogatepass") for k in keys], values, ttl
 
 
+def _reference_staged(frame: bytes):
+    """What the protocol's full parse makes of ``frame`` as a staged mset, or ``None``."""
+    try:
+        op, args = proto.parse_request(frame)
+    except ProtocolError:
+        return None
+    if op != proto.MSET_SHM:
+        return None
+    keys, segment, lengths, ttl = args
+    return [k.encode("utf-8", "surrogatepass") for k in keys], segment, lengths, ttl
+
+
+def _check_staged(implementation, frame: bytes, packed_by_proxy: bool = False) -> None:
+    got, want = implementation.parse_mset_shm(frame), _reference_staged(frame)
+    if packed_by_proxy:
+        assert got is not None and want is not None
+    if got is not None:
+        assert want is not None, frame[:64]
+        assert (list(got[0]), got[1], list(got[2]), got[3]) == want
+        assert all(type(x) is bytes for x in got[0]) and type(got[1]) is str
+        assert all(type(n) is int for n in got[2])
+
+
 def _check(implementation, frame: bytes, packed_by_proxy: bool = False) -> None:
+    _check_staged(implementation, frame)
     got, want = implementation.parse_mset(frame), _reference(frame)
     if packed_by_proxy:
         assert got is not None and want is not None
@@ -51,7 +76,9 @@ def _check(implementation, frame: bytes, packed_by_proxy: bool = False) -> None:
 
 @needs_c
 def test_the_compiled_protocol_constants_are_the_protocol_module():
-    assert chot.PROTOCOL == {"MSET": proto.MSET, "MAX_TTL_NS": MAX_TTL_NS}
+    assert chot.PROTOCOL == {
+        "MSET": proto.MSET, "MSET_SHM": proto.MSET_SHM, "MAX_TTL_NS": MAX_TTL_NS
+    }
     assert proto._MAX_TTL_NS == MAX_TTL_NS
 
 
@@ -78,6 +105,19 @@ def test_every_frame_a_proxy_packs_is_decoded_as_the_protocol_decodes_it(
     sizes = st.sampled_from([0, 1, 31, 32, 255, 256, 1536, 65535, 65536, 70_000])
     values = [os.urandom(data.draw(sizes)) for _ in keys]
     _check(implementation, proto.pack([proto.MSET, keys, values, ttl]), packed_by_proxy=True)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(keys=_keys, ttl=_ttls, data=st.data())
+def test_every_staged_frame_a_proxy_packs_is_decoded_as_the_protocol_decodes_it(
+    implementation, keys, ttl, data
+):
+    lengths = [data.draw(st.sampled_from([0, 1, 127, 128, 255, 256, 65535, 65536, 2**32]))
+               for _ in keys]
+    segment = f"s{data.draw(st.integers(0, 2**22))}.{data.draw(st.integers(0, 2**40))}"
+    frame = proto.pack([proto.MSET_SHM, keys, segment, lengths, ttl])
+    _check_staged(implementation, frame, packed_by_proxy=True)
 
 
 def _variants() -> list[bytes]:
@@ -110,15 +150,38 @@ def _variants() -> list[bytes]:
         b"\x94\x02\x91\xa1a\x91\xc6\xff\xff\xff\xffx\xc0",  # a 4 GB value claimed
         b"\x94\x02\x90\x90\xc0",  # empty batch
     ]
-    good = proto.pack([mset, ["key", "é\ud800"], [b"v" * 40, b""], 12345])
-    frames += [good[:n] for n in range(len(good))]
-    frames += [good + b"\x00", good + good]
+    staged = proto.MSET_SHM
+    frames += [
+        proto.pack([staged, ["a"], "s1.1", [1], None]),
+        proto.pack([staged, ["a", "b"], "s1.1", [1], None]),  # fewer lengths
+        proto.pack([staged, ["a"], "s1.1", [-1], None]),  # a negative length
+        proto.pack([staged, ["a"], "s1.1", [1.0], None]),
+        proto.pack([staged, ["a"], b"s1.1", [1], None]),  # the segment as bin
+        proto.pack([staged, ["a"], "s1.", [1], None]),
+        proto.pack([staged, ["a"], "s.1", [1], None]),
+        proto.pack([staged, ["a"], "x1.1", [1], None]),
+        proto.pack([staged, ["a"], "s1.1x", [1], None]),
+        proto.pack([staged, ["a"], "s1.1.1", [1], None]),
+        proto.pack([staged, ["a"], "s\u0661.1", [1], None]),  # a non-ASCII digit
+        proto.pack([staged, ["a"], "../s1.1", [1], None]),
+        proto.pack([staged, ["a"], "s1.1", [1], -5]),
+        proto.pack([staged, ["a"], "s1.1", [1]]),
+        b"\x95\x05\x91\xa1a\xa4s1.1\x91\xcc\x05\xc0",  # a length as uint8 needlessly
+        b"\x95\x05\x91\xa1a\xa4s1.1\x91\xcf" + bytes(8) + b"\xc0",
+        b"\x95\x05\x91\xa1a\xa4s1.1\xdd\xff\xff\xff\xff\xc0",  # 4G lengths claimed
+    ]
     rng = random.Random(9)
-    for _ in range(2000):
-        flipped = bytearray(good)
-        for _ in range(rng.randrange(1, 4)):
-            flipped[rng.randrange(len(flipped))] = rng.randrange(256)
-        frames.append(bytes(flipped))
+    for good in (
+        proto.pack([mset, ["key", "é\ud800"], [b"v" * 40, b""], 12345]),
+        proto.pack([staged, ["key", "é\ud800", ""], "s123.45", [40, 0, 70000], 12345]),
+    ):
+        frames += [good[:n] for n in range(len(good))]
+        frames += [good + b"\x00", good + good]
+        for _ in range(2000):
+            flipped = bytearray(good)
+            for _ in range(rng.randrange(1, 4)):
+                flipped[rng.randrange(len(flipped))] = rng.randrange(256)
+            frames.append(bytes(flipped))
     for name in sorted(os.listdir(CORPUS)):
         with open(os.path.join(CORPUS, name), "rb") as f:
             frames.append(f.read())
@@ -134,5 +197,8 @@ def test_a_frame_is_decoded_as_the_protocol_decodes_it_or_declined(implementatio
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
 def test_what_is_not_a_bytes_frame_is_declined(implementation):
     good = proto.pack([proto.MSET, ["a"], [b"1"], None])
+    staged = proto.pack([proto.MSET_SHM, ["a"], "s1.1", [1], None])
     for frame in (bytearray(good), memoryview(good), None, 5):
         assert implementation.parse_mset(frame) is None
+    for frame in (bytearray(staged), memoryview(staged), None, 5):
+        assert implementation.parse_mset_shm(frame) is None

@@ -57,7 +57,7 @@ DRIVER = textwrap.dedent(
         want = fallback.lookup(ctl_view, slots, 5, arenas, keys, marks[1], now)
         assert (got, marks[0]) == (want, marks[1]), (case, got, want)
 
-    # The mset request decoding: frames cut short, with bytes changed or added.
+    # The mset request decodings: frames cut short, with bytes changed or added.
     from shmstore import _protocol as proto
     good = proto.pack([proto.MSET, ["key", "\\u00e9\\ud800", ""], [b"v" * 300, b"", b"x"], 2**40])
     for case in range(int(sys.argv[3])):
@@ -68,6 +68,17 @@ DRIVER = textwrap.dedent(
         frame = bytes(frame) + bytes(rng.randrange(3))
         got = _chot.parse_mset(frame)
         assert got is None or got == fallback.parse_mset(frame), (case, frame)
+    staged = proto.pack(
+        [proto.MSET_SHM, ["key", "\\u00e9\\ud800", ""], "s12.34", [300, 0, 2**40], 5]
+    )
+    for case in range(int(sys.argv[3])):
+        frame = bytearray(staged[: rng.randrange(len(staged) + 1)])
+        for _ in range(rng.randrange(4)):
+            if frame:
+                frame[rng.randrange(len(frame))] = rng.randrange(256)
+        frame = bytes(frame) + bytes(rng.randrange(3))
+        got = _chot.parse_mset_shm(frame)
+        assert got is None or got == fallback.parse_mset_shm(frame), (case, frame)
     print("ok")
     """
 )

@@ -859,6 +859,7 @@ static PyObject *rebuild(PyObject *self, PyObject *const *args, Py_ssize_t nargs
 
 /* The protocol's constants: must equal shmstore/_protocol.py (tests/test_hot.py checks). */
 #define OP_MSET 2
+#define OP_MSET_SHM 5
 #define MAX_TTL_NS ((UINT64_C(1) << 62) - 1)
 
 typedef struct {
@@ -911,57 +912,146 @@ static int key_decodes(const unsigned char *p, Py_ssize_t n) {
     return 1;
 }
 
+/* An array of keys as msgpack str, into a new list of their UTF-8 bytes (*out), the
+ * cursor moved past it. 0: done; 1: not in a form taken here (nothing kept); -1: a
+ * Python error. */
+static int parse_keys(Cursor *c, PyObject **out) {
+    uint64_t count, n;
+    *out = NULL;
+    /* Every key takes at least a byte: a count beyond the bytes left is a lie. */
+    if (ARRAY_HEADER(c, &count) < 0 || count > (uint64_t)(c->end - c->p)) return 1;
+    PyObject *keys = PyList_New((Py_ssize_t)count);
+    if (!keys) return -1;
+    for (uint64_t k = 0; k < count; k++) {
+        if (STR_HEADER(c, &n) < 0 || n > (uint64_t)(c->end - c->p) ||
+            !key_decodes(c->p, (Py_ssize_t)n)) {
+            Py_DECREF(keys);
+            return 1;
+        }
+        PyObject *key = PyBytes_FromStringAndSize((const char *)c->p, (Py_ssize_t)n);
+        if (!key) {
+            Py_DECREF(keys);
+            return -1;
+        }
+        PyList_SET_ITEM(keys, (Py_ssize_t)k, key);
+        c->p += n;
+    }
+    *out = keys;
+    return 0;
+}
+
+/* A non-negative integer in the forms the packer writes for one (a positive fixint,
+ * then uint 8 to 64). 0, or -1 if the item is not one. */
+static int parse_uint(Cursor *c, uint64_t *v) {
+    if (c->p >= c->end) return -1;
+    unsigned char b = *c->p++;
+    if (b <= 0x7F) {
+        *v = b;
+        return 0;
+    }
+    if (b == 0xCC) return read_be(c, 1, v);
+    if (b == 0xCD) return read_be(c, 2, v);
+    if (b == 0xCE) return read_be(c, 4, v);
+    if (b == 0xCF) return read_be(c, 8, v);
+    return -1;
+}
+
+/* ttl: nil, or a non-negative integer up to MAX_TTL_NS, into a new reference (*out).
+ * 0: done; 1: not taken here; -1: a Python error. */
+static int parse_ttl(Cursor *c, PyObject **out) {
+    uint64_t v;
+    *out = NULL;
+    if (c->p < c->end && *c->p == 0xC0) {
+        c->p++;
+        *out = Py_NewRef(Py_None);
+        return 0;
+    }
+    if (parse_uint(c, &v) < 0 || v > MAX_TTL_NS) return 1;
+    *out = PyLong_FromUnsignedLongLong(v);
+    return *out ? 0 : -1;
+}
+
 static PyObject *parse_mset(PyObject *self, PyObject *frame) {
     if (!PyBytes_Check(frame)) Py_RETURN_NONE;
     Cursor c = {(const unsigned char *)PyBytes_AS_STRING(frame), NULL};
     c.end = c.p + PyBytes_GET_SIZE(frame);
     PyObject *keys = NULL, *values = NULL, *ttl = NULL, *result = NULL;
-    uint64_t n, count, values_count, v;
+    uint64_t n, values_count;
+    int got;
     /* [MSET, keys, values, ttl]: the opcode a positive fixint, as the packer writes it. */
     if (ARRAY_HEADER(&c, &n) < 0 || n != 4 || c.p >= c.end || *c.p++ != OP_MSET) goto decline;
-    /* Every key takes at least a byte: a count beyond the bytes left is a lie. */
-    if (ARRAY_HEADER(&c, &count) < 0 || count > (uint64_t)(c.end - c.p)) goto decline;
-    if (!(keys = PyList_New((Py_ssize_t)count))) return NULL;
-    for (uint64_t k = 0; k < count; k++) {
-        if (STR_HEADER(&c, &n) < 0 || n > (uint64_t)(c.end - c.p)) goto decline;
-        if (!key_decodes(c.p, (Py_ssize_t)n)) goto decline;
-        PyObject *key = PyBytes_FromStringAndSize((const char *)c.p, (Py_ssize_t)n);
-        if (!key) goto fail;
-        PyList_SET_ITEM(keys, (Py_ssize_t)k, key);
-        c.p += n;
-    }
-    if (ARRAY_HEADER(&c, &values_count) < 0 || values_count != count) goto decline;
-    if (!(values = PyList_New((Py_ssize_t)count))) goto fail;
-    for (uint64_t k = 0; k < count; k++) {
+    if ((got = parse_keys(&c, &keys)) != 0) goto end_or_decline;
+    Py_ssize_t count = PyList_GET_SIZE(keys);
+    if (ARRAY_HEADER(&c, &values_count) < 0 || values_count != (uint64_t)count) goto decline;
+    if (!(values = PyList_New(count))) goto fail;
+    for (Py_ssize_t k = 0; k < count; k++) {
         if (BIN_HEADER(&c, &n) < 0 || n > (uint64_t)(c.end - c.p)) goto decline;
         PyObject *value = PyBytes_FromStringAndSize((const char *)c.p, (Py_ssize_t)n);
         if (!value) goto fail;
-        PyList_SET_ITEM(values, (Py_ssize_t)k, value);
+        PyList_SET_ITEM(values, k, value);
         c.p += n;
     }
-    /* ttl: nil, or a non-negative integer in the forms the packer writes for one. */
-    if (c.p >= c.end) goto decline;
-    unsigned char b = *c.p++;
-    if (b == 0xC0) {
-        ttl = Py_NewRef(Py_None);
-    } else {
-        if (b <= 0x7F) v = b;
-        else if (b == 0xCC) { if (read_be(&c, 1, &v) < 0) goto decline; }
-        else if (b == 0xCD) { if (read_be(&c, 2, &v) < 0) goto decline; }
-        else if (b == 0xCE) { if (read_be(&c, 4, &v) < 0) goto decline; }
-        else if (b == 0xCF) { if (read_be(&c, 8, &v) < 0) goto decline; }
-        else goto decline;
-        if (v > MAX_TTL_NS) goto decline;
-        if (!(ttl = PyLong_FromUnsignedLongLong(v))) goto fail;
-    }
+    if ((got = parse_ttl(&c, &ttl)) != 0) goto end_or_decline;
     if (c.p != c.end) goto decline; /* trailing bytes: not one msgpack document */
     result = PyTuple_Pack(3, keys, values, ttl);
     goto fail; /* releases our references either way */
+end_or_decline:
+    if (got < 0) goto fail;
 decline:
     result = Py_NewRef(Py_None);
 fail:
     Py_XDECREF(keys);
     Py_XDECREF(values);
+    Py_XDECREF(ttl);
+    return result;
+}
+
+/* Whether p[0:n] names a staging segment as the protocol requires: s<digits>.<digits>. */
+static int staging_name(const unsigned char *p, uint64_t n) {
+    uint64_t i = 1, digits;
+    if (n < 4 || p[0] != 's') return 0;
+    for (digits = 0; i < n && p[i] >= '0' && p[i] <= '9'; i++) digits++;
+    if (!digits || i >= n || p[i++] != '.') return 0;
+    for (digits = 0; i < n && p[i] >= '0' && p[i] <= '9'; i++) digits++;
+    return digits && i == n;
+}
+
+static PyObject *parse_mset_shm(PyObject *self, PyObject *frame) {
+    if (!PyBytes_Check(frame)) Py_RETURN_NONE;
+    Cursor c = {(const unsigned char *)PyBytes_AS_STRING(frame), NULL};
+    c.end = c.p + PyBytes_GET_SIZE(frame);
+    PyObject *keys = NULL, *name = NULL, *lengths = NULL, *ttl = NULL, *result = NULL;
+    uint64_t n, lengths_count, v;
+    int got;
+    /* [MSET_SHM, keys, segment, lengths, ttl] */
+    if (ARRAY_HEADER(&c, &n) < 0 || n != 5 || c.p >= c.end || *c.p++ != OP_MSET_SHM)
+        goto decline;
+    if ((got = parse_keys(&c, &keys)) != 0) goto end_or_decline;
+    if (STR_HEADER(&c, &n) < 0 || n > (uint64_t)(c.end - c.p) || !staging_name(c.p, n))
+        goto decline;
+    if (!(name = PyUnicode_DecodeASCII((const char *)c.p, (Py_ssize_t)n, NULL))) goto fail;
+    c.p += n;
+    Py_ssize_t count = PyList_GET_SIZE(keys);
+    if (ARRAY_HEADER(&c, &lengths_count) < 0 || lengths_count != (uint64_t)count) goto decline;
+    if (!(lengths = PyList_New(count))) goto fail;
+    for (Py_ssize_t k = 0; k < count; k++) {
+        if (parse_uint(&c, &v) < 0) goto decline;
+        PyObject *length = PyLong_FromUnsignedLongLong(v);
+        if (!length) goto fail;
+        PyList_SET_ITEM(lengths, k, length);
+    }
+    if ((got = parse_ttl(&c, &ttl)) != 0) goto end_or_decline;
+    if (c.p != c.end) goto decline;
+    result = PyTuple_Pack(4, keys, name, lengths, ttl);
+    goto fail;
+end_or_decline:
+    if (got < 0) goto fail;
+decline:
+    result = Py_NewRef(Py_None);
+fail:
+    Py_XDECREF(keys);
+    Py_XDECREF(name);
+    Py_XDECREF(lengths);
     Py_XDECREF(ttl);
     return result;
 }
@@ -987,6 +1077,8 @@ static PyMethodDef methods[] = {
     {"place", (PyCFunction)(void (*)(void))place, METH_FASTCALL, "see fallback.place"},
     {"rebuild", (PyCFunction)(void (*)(void))rebuild, METH_FASTCALL, "see fallback.rebuild"},
     {"parse_mset", parse_mset, METH_O, "parse_mset(frame): see fallback.parse_mset"},
+    {"parse_mset_shm", parse_mset_shm, METH_O,
+     "parse_mset_shm(frame): see fallback.parse_mset_shm"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1015,7 +1107,8 @@ PyMODINIT_FUNC PyInit__chot(void) {
         Py_XDECREF(layout);
         goto fail;
     }
-    PyObject *protocol = Py_BuildValue("{s:i,s:K}", "MSET", OP_MSET, "MAX_TTL_NS",
+    PyObject *protocol = Py_BuildValue("{s:i,s:i,s:K}", "MSET", OP_MSET, "MSET_SHM",
+                                       OP_MSET_SHM, "MAX_TTL_NS",
                                        (unsigned long long)MAX_TTL_NS);
     if (!protocol || PyModule_AddObject(m, "PROTOCOL", protocol) < 0) {
         Py_XDECREF(protocol);

@@ -48,6 +48,7 @@ __all__ = [
     "lookup",
     "manager_alive",
     "parse_mset",
+    "parse_mset_shm",
     "place",
     "rebuild",
     "release_liveness",
@@ -461,3 +462,29 @@ def parse_mset(frame: bytes) -> tuple[list[bytes], list[bytes], int | None] | No
     except UnicodeEncodeError:
         encoded = [key.encode("utf-8", "surrogatepass") for key in keys]
     return encoded, values, ttl
+
+
+#: How every staged ``mset`` request frame the proxies pack begins: a msgpack array
+#: of 5, then the opcode.
+_MSET_SHM_START = bytes([0x95, proto.MSET_SHM])
+
+
+def parse_mset_shm(frame: bytes) -> tuple[list[bytes], str, list[int], int | None] | None:
+    """An ``[MSET_SHM, keys, segment, lengths, ttl]`` request frame (a batch whose
+    values wait in a staging segment, :mod:`shmstore._staging`), decoded as
+    :func:`parse_mset` decodes an ``mset``: ``(keys, segment, lengths, ttl)``, the keys
+    as UTF-8 ``bytes``, everything else exactly as
+    :func:`~shmstore._protocol.parse_request` gives it; ``None``: parse it in full (any
+    other frame, or one in a form the packer does not write). Nothing is raised.
+    """
+    if type(frame) is not bytes or frame[:2] != _MSET_SHM_START:
+        return None
+    try:
+        _op, (keys, segment, lengths, ttl) = proto.parse_request(frame)
+    except ProtocolError:
+        return None
+    try:
+        encoded = list(map(str.encode, keys))
+    except UnicodeEncodeError:
+        encoded = [key.encode("utf-8", "surrogatepass") for key in keys]
+    return encoded, segment, lengths, ttl
