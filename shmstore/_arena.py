@@ -14,6 +14,7 @@ into them: a batch first calls :meth:`Arena.make_room`, which fails cleanly with
 
 from __future__ import annotations
 
+import collections
 import itertools
 import operator
 
@@ -84,6 +85,21 @@ class Arena:
             end = min(segment.size, -(-(self._bump + need) // RESERVE_STEP) * RESERVE_STEP)
             segment.reserve(self._reserved_to, end - self._reserved_to)
             self._reserved_to = end
+
+    def bump_need(self, sizes: list[int]) -> int:
+        """Bytes :meth:`allocate` will take from the bump pointer for ``sizes``: what
+        the free lists do not cover, so that :meth:`make_room` asks the kernel for no
+        more (a full ``/dev/shm`` still takes a batch that fits in freed blocks)."""
+        free = self._free
+        if not free:
+            return sum(sizes)
+        first = sizes[0] if sizes else 0
+        if sizes.count(first) == len(sizes):  # one class, as a cache of embeddings
+            return max(0, len(sizes) - len(free.get(first, ()))) * first
+        need = 0
+        for size, n in collections.Counter(sizes).items():
+            need += max(0, n - len(free.get(size, ()))) * size
+        return need
 
     def allocate(self, sizes: list[int]) -> list[int]:
         """Blocks of ``sizes`` bytes: freed ones of their class if any, else at the bump

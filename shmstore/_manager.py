@@ -75,7 +75,7 @@ from ._runtime import StorePaths
 from ._segment import Segment
 from ._staging import KEEP_BYTES
 from ._stats import ReaderTable
-from ._table import Table
+from ._table import Table, encode_keys
 
 # typing is imported for the type checker only: the manager imports this module, and
 # at run time typing would cost that process memory for nothing.
@@ -521,9 +521,18 @@ class Manager:
                     self._set_encoded(keys, values, ttl, reply)
                 reply.send(proto.ok_reply(None))
                 return True
+            staged = self._hot.parse_mset_shm(frame)  # a large one, staged
+            if staged is not None:
+                self._mset_staged(channel.peer_pid, session, reply, *staged)
+                reply.send(proto.ok_reply(None))
+                return True
             op, args = proto.parse_request(frame)
-            if op == proto.MSET_SHM and not args[1].startswith(f"s{channel.peer_pid}."):
-                raise ProtocolError("a client may only send its own staging segments")
+            if op == proto.MSET_SHM:
+                keys, name, lengths, ttl = args
+                encoded = encode_keys(keys)
+                self._mset_staged(channel.peer_pid, session, reply, encoded, name, lengths, ttl)
+                reply.send(proto.ok_reply(None))
+                return True
             result: Any
             if op == proto.SAVE:
                 # Seconds for a large store: written by a thread of its own, so the
@@ -581,9 +590,6 @@ class Manager:
             table.delete_many(args[0])
         elif op == proto.KEYS:
             return table.keys(args[0])
-        elif op == proto.MSET_SHM:
-            self._apply_staged(table, session.staging, reply, *args)
-            self._wake_sweeper(table, args[3])
         elif op == proto.INVALIDATE:
             table.delete_many(args[0])
             return self._near().record(args[0])
@@ -595,6 +601,30 @@ class Manager:
                 session.reader_slot = self._readers.assign()
             return session.reader_slot
         return None
+
+    def _mset_staged(
+        self,
+        peer_pid: int,
+        session: _Session,
+        reply: _Reply,
+        keys: list[bytes],
+        name: str,
+        lengths: list[int],
+        ttl: int | None,
+    ) -> None:
+        """An ``MSET_SHM`` request, its keys encoded: as ``MSET``, the values in the
+        client's staging segment ``name``.
+
+        :raises ProtocolError: the segment is not the client's own, or its values would
+            overrun it.
+        """
+        if not name.startswith(f"s{peer_pid}."):
+            raise ProtocolError("a client may only send its own staging segments")
+        table = self._table
+        assert table is not None
+        with self._table_lock:
+            self._apply_staged(table, session.staging, reply, keys, name, lengths, ttl)
+        self._wake_sweeper(table, ttl)
 
     def _set_encoded(
         self, keys: list[bytes], values: list[bytes], ttl: int | None, reply: _Reply
@@ -681,7 +711,7 @@ class Manager:
         table: Table,
         staging: _MappedStaging,
         reply: _Reply,
-        keys: list[str],
+        keys: list[bytes],
         name: str,
         lengths: list[int],
         ttl: int | None,
@@ -700,7 +730,7 @@ class Manager:
                 views.append(whole[offset : offset + n])
                 offset += n
             try:
-                table.set_many(keys, views, reply.acknowledge, ttl, values_stay=True)
+                table.set_encoded(keys, views, reply.acknowledge, ttl, values_stay=True)
             finally:
                 for view in views:
                     view.release()

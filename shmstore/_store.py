@@ -27,6 +27,9 @@ from ._codec import decode_msgpack, encode_bytes, encode_msgpack
 from ._errors import (
     LimitExceededError,
     StoreClosedError,
+    StoreConnectionError,
+    StoreError,
+    StoreFullError,
     StoreNotFoundError,
 )
 from ._launcher import ManagerProcess
@@ -365,7 +368,8 @@ class _SharedStoreBase(Administration, BaseStore[str, V]):
         returned :class:`Staged` must be handed to ``self._stager.done``.
 
         :raises LimitExceededError: a value or the batch is over its limit (nothing sent).
-        :raises StoreFullError: ``/dev/shm`` has no room to stage them (nothing sent).
+        :raises StoreFullError: ``/dev/shm`` has no room to stage them, and they are too
+            large for the socket (nothing sent).
         """
         sizes = list(map(len, values))
         limits, options = self._store_config()
@@ -376,7 +380,16 @@ class _SharedStoreBase(Administration, BaseStore[str, V]):
         # Connected first: the manager then knows this process, and unlinks its staging
         # segments if it dies before the request arrives.
         self._client.connect()
-        staged = self._stager.stage(values, total, self._client.generation)
+        try:
+            staged = self._stager.stage(values, total, self._client.generation)
+        except StoreFullError:
+            # No room for a staging segment: the socket carries them instead (the
+            # manager may still have room in its arena, such as space freed there).
+            try:
+                return self._frame(proto.MSET, keys, values, ttl, limits=limits), None
+            except LimitExceededError:
+                pass
+            raise
         try:
             return (
                 self._frame(proto.MSET_SHM, keys, staged.suffix, sizes, ttl, limits=limits),
@@ -402,6 +415,11 @@ class _SharedStoreBase(Administration, BaseStore[str, V]):
         try:
             self._client.request(frame)
             replied = True
+        except StoreError as exc:
+            # An error reply is a reply: the manager is done with the request. A lost
+            # connection, or an interrupt, is not.
+            replied = not isinstance(exc, (StoreConnectionError, StoreClosedError))
+            raise
         finally:
             if staged is not None:
                 self._stager.done(staged, replied)
@@ -444,7 +462,7 @@ class _SharedStoreBase(Administration, BaseStore[str, V]):
         or none, and a failed call applied none of them, except that a
         :class:`StoreConnectionError` raised after the request was sent leaves it
         unknown whether the whole batch was applied. Values adding up to at least
-        ``SHMSTORE_STAGE_BYTES`` (default 256 KiB) travel through a shared-memory
+        ``SHMSTORE_STAGE_BYTES`` (default 64 KiB) travel through a shared-memory
         staging segment, not the socket.
 
         :raises InvalidBatchError: an item is not a pair, its key not a ``str``, or its

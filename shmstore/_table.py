@@ -42,7 +42,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["ARENA_BYTES", "Table"]
+__all__ = ["ARENA_BYTES", "Table", "encode_keys"]
 
 #: Virtual size of an arena segment; pages are reserved as they are used.
 ARENA_BYTES = 256 << 20
@@ -51,7 +51,7 @@ ARENA_BYTES = 256 << 20
 _STALE_DEADLINES = 1 << 16
 
 
-def _encode(keys: Sequence[str]) -> list[bytes]:
+def encode_keys(keys: Sequence[str]) -> list[bytes]:
     """Each key's UTF-8, lone surrogates passed through (strict encoding first: it is
     twice as fast, and only a key with a lone surrogate needs the other)."""
     try:
@@ -120,7 +120,7 @@ class Table:
         index, header = self.index, self._header
         found = self._hot.lookup(
             header, index.slots, index.generation, self.arena.buffers,
-            _encode(keys), index.visited, time.monotonic_ns(),
+            encode_keys(keys), index.visited, time.monotonic_ns(),
         )
         assert type(found) is list, "no write is under way while the table lock is held"
         misses = found.count(None)
@@ -204,7 +204,7 @@ class Table:
             own keys and values are over ``max_store_bytes``); nothing was applied.
         :raises StoreFullError: ``/dev/shm`` cannot hold the batch; nothing was applied.
         """
-        self.set_encoded(_encode(keys), values, acknowledge, ttl_ns, values_stay)
+        self.set_encoded(encode_keys(keys), values, acknowledge, ttl_ns, values_stay)
 
     def set_encoded(
         self,
@@ -259,7 +259,7 @@ class Table:
                 removed, evicted = expired + victims, len(victims)
         sizes = arena.entry_sizes(used)
         index.make_room(self._live, len(encoded))
-        arena.make_room(sum(sizes))
+        arena.make_room(arena.bump_need(sizes))
         refs = arena.allocate(sizes)
         # Entries go into blocks no slot points at (a reused block was freed by an
         # earlier batch, which moved its key's stripe on), so readers of other keys
@@ -299,7 +299,7 @@ class Table:
 
     def delete_many(self, keys: list[str]) -> None:
         """Remove the keys; missing ones are ignored."""
-        encoded = _encode(keys)
+        encoded = encode_keys(keys)
         with self._window(encoded):
             self._header[L.W_DELETES] += self._remove(encoded)
 

@@ -52,3 +52,19 @@ def test_a_full_segment_is_followed_by_a_new_one(arena):
     arena.make_room(3 << 20)  # larger than a segment: a segment of its own size
     (big,) = arena.allocate([3 << 20])
     assert big >> L.OFFSET_BITS == 3 and len(arena.buffers[3]) >= 3 << 20
+
+
+@pytest.mark.parametrize(
+    "later",
+    [[1600] * 3, [1600] * 5, [1600, 104, 1600, 48], [48, 48]],
+    ids=["freed-cover-it", "more-than-freed", "mixed-classes", "no-class-freed"],
+)
+def test_bump_need_is_what_allocate_takes_from_the_bump_pointer(arena, later):
+    # make_room asks the kernel for this much, so a full /dev/shm still takes a batch
+    # that fits in freed blocks.
+    arena.make_room(1 << 16)
+    first = arena.allocate([1600] * 4 + [104])
+    arena.release(first, [1590] * 4 + [97])
+    need, bump = arena.bump_need(later), arena.bump
+    arena.allocate(later)
+    assert arena.bump - bump == need

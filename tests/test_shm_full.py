@@ -17,7 +17,7 @@ _SCRIPT = textwrap.dedent(
         store.mset([("small", b"x" * 100)])
         batches = 0
         try:
-            while True:  # 200 kB batches go over the socket, into the manager's arena
+            while True:  # 200 kB batches, staged in the proxy's two kept segments
                 store.mset([(f"k{batches}", os.urandom(100_000)),
                             (f"k{batches}b", os.urandom(100_000))])
                 batches += 1
@@ -29,7 +29,7 @@ _SCRIPT = textwrap.dedent(
         store.mdelete([f"k{batches - 1}"])
         store.mset([("again", b"z" * 100_000)])  # the freed space is reused
         assert store.mget(["again"]) == [b"z" * 100_000]
-        try:  # 40 MiB is staged through shared memory by the client itself
+        try:  # 40 MiB: no room to stage it, nor in the manager's arena
             store.mset([("huge", b"y" * (40 << 20))])
         except shmstore.StoreFullError:
             print("staging full")

@@ -10,6 +10,7 @@ import threading
 
 import pytest
 
+import shmstore
 from shmstore import _staging
 from tests import _workers
 
@@ -180,3 +181,26 @@ def test_closing_while_a_batch_is_staged_removes_the_segment_when_it_is_done(byt
     assert len(_segments_of(byte_store)) == 1
     stager.done(staged, replied=True)
     assert _segments_of(byte_store) == []
+
+
+def test_a_batch_without_room_to_stage_goes_over_the_socket(byte_store, monkeypatch):
+    def full(*_args):
+        raise shmstore.StoreFullError("shared memory is full")
+
+    monkeypatch.setattr(byte_store._stager, "stage", full)
+    byte_store.mset([("a", _value("a"))])  # the manager may still have room
+    assert byte_store.mget(["a"]) == [_value("a")]
+    assert _segments_of(byte_store) == []
+
+
+def test_an_error_reply_keeps_the_kept_segments():
+    with shmstore.SharedByteStore(max_store_bytes=1 << 20) as store:
+        store.mset([("a", _value("a", 600_000))])
+        store.mset([("a", _value("b", 600_000))])
+        kept = _segments_of(store)
+        assert len(kept) == 2
+        with pytest.raises(shmstore.StoreTooLargeError):
+            store.mset([("c", _value("c", 600_000))])  # the manager refuses it
+        assert _segments_of(store) == kept  # it answered: it is done with them
+        store.mset([("a", _value("d", 600_000))])
+        assert store.mget(["a", "c"]) == [_value("d", 600_000), None]
