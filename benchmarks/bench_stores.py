@@ -156,6 +156,10 @@ def load_values(peer_cls, handle, n_keys: int, batch: int) -> None:
     pairs = [(k, os.urandom(VALUE_BYTES)) for k in _keys(n_keys)]
     for chunk in _batches(pairs, batch):
         client.mset(chunk)
+    # Done with the store, as the job that filled it would be: what is measured is the
+    # store holding the values, not a writer's buffers (shmstore's proxy keeps two
+    # staging segments, 2 MiB, until it is closed or its process exits).
+    peer_cls.disconnect(client)
 
 
 def measure_memory(peer_cls, pool, n_keys: int, batch: int) -> float | None:

@@ -69,6 +69,10 @@ class Peer:
         """In a worker: an object with mset(pairs) and mget(keys)."""
         raise NotImplementedError
 
+    @staticmethod
+    def disconnect(client: Any) -> None:
+        """Let go of a client from :meth:`connect` whose work is done (default: nothing)."""
+
     def footprint(self) -> int | None:
         """Bytes of memory the running store holds, or None if not measured."""
         return None
@@ -110,6 +114,10 @@ class ShmStorePeer(Peer):
 
     def server_pid(self):
         return self._store.manager_pid
+
+    @staticmethod
+    def disconnect(client):
+        client.close()  # not the owner: disconnects, and removes its staging segments
 
 
 class InMemoryPeer(Peer):
