@@ -75,7 +75,7 @@ from ._runtime import StorePaths
 from ._segment import Segment
 from ._staging import KEEP_BYTES
 from ._stats import ReaderTable
-from ._table import Table, encode_keys
+from ._table import RunOfValues, Table, encode_keys
 
 # typing is imported for the type checker only: the manager imports this module, and
 # at run time typing would cost that process memory for nothing.
@@ -724,17 +724,8 @@ class Manager:
         try:
             if sum(lengths) > segment.size:
                 raise ProtocolError("the staged values overrun their segment")
-            whole = memoryview(segment.buf)
-            views, offset = [], 0
-            for n in lengths:
-                views.append(whole[offset : offset + n])
-                offset += n
-            try:
-                table.set_encoded(keys, views, reply.acknowledge, ttl, values_stay=True)
-            finally:
-                for view in views:
-                    view.release()
-                whole.release()
+            values = RunOfValues(segment.buf, lengths)
+            table.set_encoded(keys, values, reply.acknowledge, ttl, values_stay=True)
         finally:
             staging.done(segment)
 

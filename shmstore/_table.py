@@ -42,13 +42,26 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["ARENA_BYTES", "Table", "encode_keys"]
+__all__ = ["ARENA_BYTES", "RunOfValues", "Table", "encode_keys"]
 
 #: Virtual size of an arena segment; pages are reserved as they are used.
 ARENA_BYTES = 256 << 20
 #: Stale deadline records (of keys overwritten or deleted since) kept before the
 #: records are made again from the index.
 _STALE_DEADLINES = 1 << 16
+
+
+class RunOfValues:
+    """A batch's values laid end to end in one buffer (a staging segment): value ``k``
+    is ``buffer[sum(lengths[:k]) : sum(lengths[:k + 1])]``. Taken by
+    :meth:`Table.set_encoded` in place of a list of values, and copied from the buffer
+    straight into the arena."""
+
+    __slots__ = ("buffer", "lengths")
+
+    def __init__(self, buffer: Any, lengths: list[int]) -> None:
+        self.buffer = buffer
+        self.lengths = lengths
 
 
 def encode_keys(keys: Sequence[str]) -> list[bytes]:
@@ -209,17 +222,22 @@ class Table:
     def set_encoded(
         self,
         encoded: list[bytes],
-        values: Sequence[Any],
+        values: Sequence[Any] | RunOfValues,
         acknowledge: Callable[[], None] | None = None,
         ttl_ns: int | None = None,
         values_stay: bool = False,
     ) -> None:
         """:meth:`set_many` with the keys given as their UTF-8 ``bytes``
         (``surrogatepass``), as an ``mset`` request carries them
-        (:func:`shmstore._hot.fallback.parse_mset`); the same arguments otherwise, the
-        same errors, and the same all-or-nothing."""
+        (:func:`shmstore._hot.fallback.parse_mset`), and the values either as there or
+        as one :class:`RunOfValues` (a staged batch's); the same arguments otherwise,
+        the same errors, and the same all-or-nothing."""
         hot, arena, index = self._hot, self.arena, self.index
-        lengths = list(map(len, values))  # values are bytes or 1-D byte memoryviews
+        # values are bytes or 1-D byte memoryviews, or one run of them
+        if isinstance(values, RunOfValues):
+            run, lengths = values, values.lengths
+        else:
+            run, lengths = None, list(map(len, values))
         self._limits.check_batch(encoded, lengths)
         now = time.monotonic_ns()
         ttl = self.policy.ttl_ns if ttl_ns is None else ttl_ns
@@ -268,13 +286,20 @@ class Table:
         # after the acknowledgment, so the client's wait does not include the copy;
         # others before it.
         owned = values_stay or (type(values) is list and set(map(type, values)) <= {bytes})
+
+        def place() -> None:
+            if run is not None:
+                hot.place_run(arena.buffers, refs, encoded, run.buffer, lengths)
+            else:
+                hot.place(arena.buffers, refs, encoded, values)
+
         if not owned:
-            hot.place(arena.buffers, refs, encoded, values)
+            place()
         with self._window(encoded + removed if removed else encoded):
             if acknowledge is not None:
                 acknowledge()
             if owned:
-                hot.place(arena.buffers, refs, encoded, values)
+                place()
             if removed:
                 self._remove(removed)
                 self._header[L.W_EVICTIONS] += evicted

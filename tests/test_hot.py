@@ -1,5 +1,6 @@
 """The two implementations of the hot functions side by side: the layout constants the
-compiled one repeats, twin tables driven by both (identical index words and entries),
+compiled one repeats, twin tables driven by both (identical index words and entries,
+batches given as lists of values and as one run of them),
 stores written by one read by the other, and the readers' lookup fed hostile memory."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from shmstore._limits import Limits
 from shmstore._options import Options
 from shmstore._policy import Policy
 from shmstore._reader import DirectReader
-from shmstore._table import Table
+from shmstore._table import RunOfValues, Table, encode_keys
 
 chot = _hot.load("c")
 needs_c = pytest.mark.skipif(chot is _hot.fallback, reason="the compiled core is not built")
@@ -93,8 +94,13 @@ def test_twin_tables_hold_identical_index_and_entries(seed, cache, monkeypatch):
                 keys = [rng.choice(universe) for _ in range(rng.randint(0, 80))]
                 values = [os.urandom(rng.choice((0, 3, 64, 1536, 9000))) for _ in keys]
                 ttl = rng.choice((None, 0, 10**9, 5 * 10**9)) if cache else None
+                staged = rng.random() < 0.4  # as a staged batch: one run of values
                 for table in twins:
-                    table.set_many(keys, values, ttl_ns=ttl)
+                    if staged:
+                        run = RunOfValues(bytearray(b"".join(values)), list(map(len, values)))
+                        table.set_encoded(encode_keys(keys), run, ttl_ns=ttl, values_stay=True)
+                    else:
+                        table.set_many(keys, values, ttl_ns=ttl)
             elif roll < 0.8:
                 keys = rng.sample(universe, rng.randint(0, 80))
                 for table in twins:
@@ -301,3 +307,20 @@ def test_readers_tell_a_live_manager_by_its_liveness_mutex_and_a_killed_one_at_o
 def test_the_liveness_check_refuses_what_is_not_a_header():
     with pytest.raises(ValueError, match="header"):
         chot.manager_alive(0, bytearray(64))
+
+
+@pytest.mark.parametrize(
+    "implementation",
+    [pytest.param(fallback, id="python"), pytest.param(chot, id="c", marks=needs_c)],
+)
+def test_a_run_of_values_is_placed_only_within_its_source_and_its_segment(implementation):
+    arena = bytearray(256)
+    arenas = [None, arena]
+    ref = 1 << L.OFFSET_BITS | 16
+    implementation.place_run(arenas, [ref], [b"key"], b"..value..", [5])
+    assert arena[16:24] == b"key..val"
+    with pytest.raises(ValueError, match="overrun"):
+        implementation.place_run(arenas, [ref], [b"key"], b"short", [6])  # past the source
+    with pytest.raises(ValueError, match="overrun"):  # past the arena segment
+        implementation.place_run(arenas, [1 << L.OFFSET_BITS | 250], [b"key"], b"x" * 9, [9])
+    assert arena[250:] == bytes(6)

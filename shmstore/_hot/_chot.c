@@ -812,6 +812,63 @@ done:
     return result;
 }
 
+/* place() for values laid end to end in one buffer (a staging segment): value k is
+ * source[sum(lengths[:k]) : sum(lengths[:k + 1])], every one checked to lie inside it. */
+static PyObject *place_run(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "place_run(arenas, refs, keys, source, lengths)");
+        return NULL;
+    }
+    PyObject *refs = args[1], *keys = args[2], *lengths = args[4];
+    if (check_list(refs, "refs") < 0 || check_list(keys, "keys") < 0 ||
+        check_list(lengths, "lengths") < 0)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(refs);
+    if (PyList_GET_SIZE(keys) != n || PyList_GET_SIZE(lengths) != n) {
+        PyErr_SetString(PyExc_ValueError, "refs, keys and lengths differ in length");
+        return NULL;
+    }
+    Py_buffer source;
+    if (PyObject_GetBuffer(args[3], &source, PyBUF_SIMPLE) < 0) return NULL;
+    Arenas arenas;
+    if (arenas_init(&arenas, args[0], 1) < 0) {
+        PyBuffer_Release(&source);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    uint64_t at = 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        const unsigned char *kp;
+        Py_ssize_t klen;
+        if (bytes_of(PyList_GET_ITEM(keys, k), &kp, &klen) < 0) goto done;
+        uint64_t ref = as_u64(PyList_GET_ITEM(refs, k));
+        if (PyErr_Occurred()) goto done;
+        uint64_t vlen = as_u64(PyList_GET_ITEM(lengths, k));
+        if (PyErr_Occurred()) goto done;
+        if (vlen > (uint64_t)source.len - at) {
+            PyErr_SetString(PyExc_ValueError, "the values overrun their source");
+            goto done;
+        }
+        unsigned char *base;
+        Py_ssize_t size;
+        uint64_t off = ref & OFFSET_MASK;
+        if (arena_at(&arenas, ref >> OFFSET_BITS, &base, &size) < 0) goto done;
+        if (!base || off > (uint64_t)size || (uint64_t)klen + vlen > (uint64_t)size - off) {
+            PyErr_Format(PyExc_ValueError, "entry at %llx overruns its arena segment",
+                         (unsigned long long)ref);
+            goto done;
+        }
+        memcpy(base + off, kp, klen);
+        memcpy(base + off + klen, (const unsigned char *)source.buf + at, vlen);
+        at += vlen;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    arenas_release(&arenas);
+    PyBuffer_Release(&source);
+    return result;
+}
+
 static PyObject *rebuild(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2 && nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "rebuild(old, new, old_visited=None, new_visited=None)");
@@ -1075,6 +1132,8 @@ static PyMethodDef methods[] = {
     {"index_delete", (PyCFunction)(void (*)(void))index_delete, METH_FASTCALL,
      "see fallback.index_delete"},
     {"place", (PyCFunction)(void (*)(void))place, METH_FASTCALL, "see fallback.place"},
+    {"place_run", (PyCFunction)(void (*)(void))place_run, METH_FASTCALL,
+     "see fallback.place_run"},
     {"rebuild", (PyCFunction)(void (*)(void))rebuild, METH_FASTCALL, "see fallback.rebuild"},
     {"parse_mset", parse_mset, METH_O, "parse_mset(frame): see fallback.parse_mset"},
     {"parse_mset_shm", parse_mset_shm, METH_O,

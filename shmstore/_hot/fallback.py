@@ -50,6 +50,7 @@ __all__ = [
     "parse_mset",
     "parse_mset_shm",
     "place",
+    "place_run",
     "rebuild",
     "release_liveness",
     "stripes_enter",
@@ -385,6 +386,32 @@ def place(arenas: list[Any], refs: list[int], keys: list[bytes], values: Sequenc
         klen = len(kb)
         buf[off : off + klen] = kb
         buf[off + klen : off + n] = v
+
+
+def place_run(
+    arenas: list[Any], refs: list[int], keys: list[bytes], source: Any, lengths: list[int]
+) -> None:
+    """:func:`place` for values laid end to end in ``source``, a bytes-like object (a
+    staging segment): value ``k`` is ``source[sum(lengths[:k]) : sum(lengths[:k + 1])]``.
+
+    :raises ValueError: the values overrun ``source``, or an entry would not fit in
+        its segment (a bug in the caller).
+    """
+    whole = memoryview(source).cast("B")
+    try:
+        if sum(lengths) > whole.nbytes or min(lengths, default=0) < 0:
+            raise ValueError("the values overrun their source")
+        views, offset = [], 0
+        for n in lengths:
+            views.append(whole[offset : offset + n])
+            offset += n
+        try:
+            place(arenas, refs, keys, views)
+        finally:
+            for view in views:
+                view.release()
+    finally:
+        whole.release()
 
 
 _SIZES: dict[int, int] = {}
