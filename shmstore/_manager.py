@@ -9,8 +9,8 @@ writes its configuration as one msgpack map to its stdin, and waits for the line
   peer that never answers holds up only its own thread) and hands the connection to
   the main thread.
 * **the main thread** serves every connection from one event loop
-  (:mod:`selectors`), each connection a :class:`~shmstore._channel.Channel` read and
-  written without blocking: a client that stalls mid-frame, or leaves its replies
+  (:mod:`selectors`, :mod:`shmstore._connections`), each connection a
+  :class:`~shmstore._channel.Channel` read and written without blocking: a client that stalls mid-frame, or leaves its replies
   unread, stalls nobody else. For each request it completes: decode it, apply it to
   the table under the table lock, send the reply. An ``mset`` is acknowledged as soon
   as the manager needs nothing more from its client, inside the write window (its
@@ -64,7 +64,8 @@ import msgpack
 
 from . import _hot
 from . import _protocol as proto
-from ._channel import SCRATCH_BYTES, Channel
+from ._channel import Channel
+from ._connections import Connections, Reply
 from ._errors import ProtocolError, StoreError
 from ._invalidation import Invalidations
 from ._limits import Limits
@@ -172,7 +173,9 @@ class Manager:
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
         self._calls_lock = threading.Lock()
         self._calls_closed = False
-        self._scratch = memoryview(bytearray(SCRATCH_BYTES))  # every channel reads here
+        self._connections = Connections(
+            self._selector, self._handle, self._dropped, self._after_request
+        )
 
     # -- start-up -------------------------------------------------------------------
 
@@ -292,22 +295,8 @@ class Manager:
             self._close()
 
     def _dispatch(self, callback: Callable[[Any], None], fileobj: Any) -> None:
-        if not isinstance(fileobj, Channel):
+        if not self._connections.dispatch(callback, fileobj):
             callback(fileobj)
-            return
-        # Dropped by an earlier event of the same wait: its descriptor may already
-        # be another connection's.
-        if fileobj.closed:
-            return
-        try:
-            callback(fileobj)
-        except Exception:
-            # A bug in serving one client (its bad requests get error replies): said
-            # on stderr, then that client only is dropped; the loop serves on.
-            import traceback  # only here: kept out of the manager's memory otherwise
-
-            traceback.print_exc(file=sys.stderr)
-            self._drop(fileobj)
 
     def stop_soon(self, _signum: int = 0, _frame: Any = None) -> None:
         """Make :meth:`serve_forever` return; usable as a signal handler."""
@@ -353,7 +342,7 @@ class Manager:
             self._peer_left(peer_pid)
             connection.close()
             return
-        if not self._call_soon(lambda: self._listen_to(channel)):
+        if not self._call_soon(lambda: self._connections.listen(channel)):
             self._peer_left(peer_pid)
             channel.close()
 
@@ -417,87 +406,18 @@ class Manager:
 
     # -- connection threads -----------------------------------------------------------
 
-    def _listen_to(self, channel: Channel) -> None:
-        self._interest(channel, selectors.EVENT_READ, self._on_readable)
-
-    def _on_readable(self, channel: Channel) -> None:
-        """Serve the requests a connection's data completes."""
-        try:
-            frames = channel.read_frames(self._scratch)
-        except (ProtocolError, OSError):
-            frames = None  # over the frame limit, or its socket broke: drop it
-        if frames is None:
-            # The client is gone. One killed mid-frame ends here before anything of
-            # its partial frame is decoded, so none of that batch is applied.
-            self._drop(channel)
-            return
-        channel.backlog.extend(frames)
-        self._serve_backlog(channel)
-
-    def _serve_backlog(self, channel: Channel) -> None:
-        """Serve a channel's complete requests in order, until one is served off the
-        loop or its replies back up; then wait for the one or the other."""
-        backlog = channel.backlog
-        while backlog and not channel.waiting and not channel.closing:
-            reply = _Reply(channel)
-            keep = self._handle(backlog.popleft(), reply)
-            if reply.error is not None:
-                self._drop(channel)  # the client is gone
-                return
-            if self._reserver is not None:
-                self._reserver.wake_if_short()
-            if not keep:
-                channel.closing = True
-        self._watch(channel)
-
-    def _watch(self, channel: Channel) -> None:
-        """Wait for what the channel needs next: room for its queued replies, else its
-        next requests; nothing while a request of it is served off the loop (its
-        reply, sent from this thread, resumes it)."""
-        if channel.closed:
-            return
-        if channel.backed_up:
-            self._interest(channel, selectors.EVENT_WRITE, self._on_writable)
-        elif channel.closing:
-            self._drop(channel)
-        elif channel.waiting:
-            self._interest(channel, 0, None)
-        else:
-            self._interest(channel, selectors.EVENT_READ, self._on_readable)
-
-    def _interest(self, channel: Channel, events: int, callback: Any) -> None:
-        if events == channel.events:
-            return
-        if not events:
-            self._selector.unregister(channel)
-        elif not channel.events:
-            self._selector.register(channel, events, callback)
-        else:
-            self._selector.modify(channel, events, callback)
-        channel.events = events
-
-    def _on_writable(self, channel: Channel) -> None:
-        try:
-            channel.flush()
-        except OSError:
-            self._drop(channel)
-            return
-        if not channel.backed_up:
-            self._serve_backlog(channel)
-
-    def _drop(self, channel: Channel) -> None:
-        if channel.closed:
-            return
-        self._interest(channel, 0, None)
-        session = channel.session
+    def _dropped(self, channel: Channel) -> None:
+        """A connection ends: release what the manager kept for it."""
+        session: _Session = channel.session
         session.staging.close()
         if session.reader_slot >= 0 and self._readers is not None:
             with self._table_lock:
                 self._readers.release(session.reader_slot)
         self._peer_left(channel.peer_pid)
-        # Closed last: once a connection's socket is gone, so is whatever its end
-        # removes.
-        channel.close()
+
+    def _after_request(self) -> None:
+        if self._reserver is not None:
+            self._reserver.wake_if_short()
 
     def _peer_left(self, peer_pid: int) -> None:
         with self._peers_lock:
@@ -508,7 +428,7 @@ class Manager:
                 # staging segment behind; nobody else will ever unlink it.
                 self._paths.remove_segments(f"s{peer_pid}.")
 
-    def _handle(self, frame: bytes, reply: _Reply) -> bool:
+    def _handle(self, frame: bytes, reply: Reply) -> bool:
         """Serve one request frame and send its reply (or have it sent: a snapshot is
         written off the loop); whether to keep the connection."""
         channel = reply.channel
@@ -575,7 +495,7 @@ class Manager:
         op: int,
         args: list[Any],
         session: _Session,
-        reply: _Reply,
+        reply: Reply,
     ) -> Any:
         table = self._table
         assert table is not None
@@ -606,7 +526,7 @@ class Manager:
         self,
         peer_pid: int,
         session: _Session,
-        reply: _Reply,
+        reply: Reply,
         keys: list[bytes],
         name: str,
         lengths: list[int],
@@ -627,7 +547,7 @@ class Manager:
         self._wake_sweeper(table, ttl)
 
     def _set_encoded(
-        self, keys: list[bytes], values: list[bytes], ttl: int | None, reply: _Reply
+        self, keys: list[bytes], values: list[bytes], ttl: int | None, reply: Reply
     ) -> None:
         """An ``mset`` whose frame :func:`~shmstore._hot.fallback.parse_mset` decoded:
         as ``MSET`` in :meth:`_apply`, acknowledged once it can no longer fail."""
@@ -647,7 +567,7 @@ class Manager:
             "snapshot": self._snapshot.get("path"),
         }
 
-    def _save_then_reply(self, path: str, reply: _Reply) -> None:
+    def _save_then_reply(self, path: str, reply: Reply) -> None:
         """A snapshot request's thread: write it, then have the loop send the reply
         and serve the channel again."""
         try:
@@ -665,9 +585,9 @@ class Manager:
             channel.waiting = False
             reply.send(frame)
             if reply.error is not None:
-                self._drop(channel)
-            elif not channel.closed:
-                self._serve_backlog(channel)
+                self._connections.drop(channel)
+            else:
+                self._connections.resume(channel)
 
         self._call_soon(send)
 
@@ -710,7 +630,7 @@ class Manager:
         self,
         table: Table,
         staging: _MappedStaging,
-        reply: _Reply,
+        reply: Reply,
         keys: list[bytes],
         name: str,
         lengths: list[int],
@@ -830,37 +750,6 @@ class _Session:
     def __init__(self) -> None:
         self.reader_slot = -1
         self.staging = _MappedStaging()
-
-
-class _Reply:
-    """One request's reply, sent at most once: early, from inside the table for an
-    ``mset`` that can no longer fail, else once the request is done. Sending never
-    blocks (what the socket cannot take waits in the channel, and the channel is not
-    read again until it has gone), so the table may acknowledge with its lock held. A
-    failed send is kept, not raised, so the table finishes the batch it acknowledged;
-    the connection then ends."""
-
-    __slots__ = ("channel", "error", "sent")
-
-    _ACK = proto.ok_reply(None)
-
-    def __init__(self, channel: Channel) -> None:
-        self.channel = channel
-        self.sent = False
-        self.error: OSError | None = None
-
-    def send(self, frame: bytes) -> None:
-        if self.sent:
-            return
-        self.sent = True
-        try:
-            self.channel.send(frame)
-        except OSError as exc:
-            self.error = exc
-
-    def acknowledge(self) -> None:
-        """Send the reply of a successful request with no result."""
-        self.send(self._ACK)
 
 
 class _MappedStaging:
