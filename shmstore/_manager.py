@@ -8,24 +8,24 @@ writes its configuration as one msgpack map to its stdin, and waits for the line
 * **a thread per new connection** runs the authkey challenge (with a deadline, so a
   peer that never answers holds up only its own thread) and hands the connection to
   the main thread.
-* **the main thread** serves every connection from one event loop
-  (:mod:`selectors`, :mod:`shmstore._connections`), each connection a
-  :class:`~shmstore._channel.Channel` read and written without blocking: a client that stalls mid-frame, or leaves its replies
-  unread, stalls nobody else. For each request it completes: decode it, apply it to
-  the table under the table lock, send the reply. An ``mset`` is acknowledged as soon
-  as the manager needs nothing more from its client, inside the write window (its
+* **the main thread** serves every connection from one event loop (:mod:`selectors`,
+  :mod:`shmstore._connections`), each connection a :class:`~shmstore._channel.Channel`
+  read and written without blocking: a client that stalls mid-frame, or leaves its
+  replies unread, stalls nobody else. For each request it completes: decode it, apply
+  it to the table under the table lock, send the reply. An ``mset`` is acknowledged as
+  soon as the manager needs nothing more from its client, inside the write window (its
   keys' stripes odd), and finished while the client prepares its next request (see
   :meth:`Table.set_many <shmstore._table.Table.set_many>`). The table publishes each
-  write batch under its keys' stripe versions, so every batch is atomic to every
-  other process without any lock a client could hold; the table lock is there for
-  the threads below. A snapshot request is written by a thread of its own, the loop
-  serving the other clients meanwhile. One thread serving every client, rather than
-  a thread each, is what lets several writers get what one gets: the threads spent
-  the manager's CPU on handing the GIL and the table lock to one another (see
+  write batch under its keys' stripe versions, so every batch is atomic to every other
+  process without any lock a client could hold; the table lock is there for the
+  threads below. A snapshot request is written by a thread of its own, the loop
+  serving the other clients meanwhile. One thread serving every client, rather than a
+  thread each, is what lets several writers get what one gets: the threads spent the
+  manager's CPU on handing the GIL and the table lock to one another (see
   :mod:`shmstore._channel`). When a process's last connection ends, the staging
   segments it left are unlinked.
 * **a reserver thread** keeps arena pages reserved ahead of need (:class:`_Reserver`),
-  in system calls that release the GIL, beside the connection threads.
+  in system calls that release the GIL, beside the main thread's loop.
 * **a tracker thread**, in a near cache only (:mod:`shmstore._nearcache`), holds the
   origin Redis server's tracking connection (:mod:`shmstore._tracking`) and applies
   what it reports: each invalidation removes its keys and takes the next number of
