@@ -76,7 +76,7 @@ from ._runtime import StorePaths
 from ._segment import Segment
 from ._staging import KEEP_BYTES
 from ._stats import ReaderTable
-from ._table import RunOfValues, Table, encode_keys
+from ._table import RunOfValues, Table
 
 # typing is imported for the type checker only: the manager imports this module, and
 # at run time typing would cost that process memory for nothing.
@@ -442,15 +442,12 @@ class Manager:
                 reply.send(proto.ok_reply(None))
                 return True
             staged = self._hot.parse_mset_shm(frame)  # a large one, staged
+            if staged is None:
+                op, args = proto.parse_request(frame)
+                if op == proto.MSET_SHM:  # in a form the fast decoding declines
+                    staged = (proto.encode_keys(args[0]), *args[1:])
             if staged is not None:
                 self._mset_staged(channel.peer_pid, session, reply, *staged)
-                reply.send(proto.ok_reply(None))
-                return True
-            op, args = proto.parse_request(frame)
-            if op == proto.MSET_SHM:
-                keys, name, lengths, ttl = args
-                encoded = encode_keys(keys)
-                self._mset_staged(channel.peer_pid, session, reply, encoded, name, lengths, ttl)
                 reply.send(proto.ok_reply(None))
                 return True
             result: Any
@@ -542,8 +539,20 @@ class Manager:
             raise ProtocolError("a client may only send its own staging segments")
         table = self._table
         assert table is not None
-        with self._table_lock:
-            self._apply_staged(table, session.staging, reply, keys, name, lengths, ttl)
+        # The values are copied once, from the client's staging segment into the arena,
+        # after the acknowledgment: the client reuses the segment only once a later
+        # request has its reply, by when this one is done (see shmstore._staging), and
+        # one it removes stays mapped here.
+        staging = session.staging
+        segment = staging.open(self._paths.segment_prefix + name)
+        try:
+            if sum(lengths) > segment.size:
+                raise ProtocolError("the staged values overrun their segment")
+            values = RunOfValues(segment.buf, lengths)
+            with self._table_lock:
+                table.set_encoded(keys, values, reply.acknowledge, ttl, values_stay=True)
+        finally:
+            staging.done(segment)
         self._wake_sweeper(table, ttl)
 
     def _set_encoded(
@@ -626,36 +635,13 @@ class Manager:
         if self._sweeper is not None and (ttl or (ttl is None and table.policy.ttl_ns)):
             self._sweeper.wake()
 
-    def _apply_staged(
-        self,
-        table: Table,
-        staging: _MappedStaging,
-        reply: Reply,
-        keys: list[bytes],
-        name: str,
-        lengths: list[int],
-        ttl: int | None,
-    ) -> None:
-        # The values are copied once, from the client's staging segment into the arena,
-        # after the acknowledgment: the client reuses the segment only once a later
-        # request has its reply, by when this one is done (see shmstore._staging), and
-        # one it removes stays mapped here.
-        segment = staging.open(self._paths.segment_prefix + name)
-        try:
-            if sum(lengths) > segment.size:
-                raise ProtocolError("the staged values overrun their segment")
-            values = RunOfValues(segment.buf, lengths)
-            table.set_encoded(keys, values, reply.acknowledge, ttl, values_stay=True)
-        finally:
-            staging.done(segment)
-
 
 class _Reserver:
     """A thread that keeps arena pages reserved ahead of the table's need (see
     :meth:`Arena.reservation_wanted <shmstore._arena.Arena.reservation_wanted>`). Its
     system calls release the GIL, so on a machine with a core to spare it reserves
-    while the connection threads serve requests; the table lock is held only to read
-    and record the plan."""
+    while the main thread serves requests; the table lock is held only to read and
+    record the plan."""
 
     def __init__(self, table: Table, table_lock: threading.Lock) -> None:
         self._table = table

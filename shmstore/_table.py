@@ -33,6 +33,7 @@ from ._index import Index
 from ._limits import Limits
 from ._options import Options
 from ._policy import Policy
+from ._protocol import encode_keys
 from ._segment import Segment, unlink_segment
 from ._sieve import Sieve
 
@@ -42,7 +43,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["ARENA_BYTES", "RunOfValues", "Table", "encode_keys"]
+__all__ = ["ARENA_BYTES", "RunOfValues", "Table"]
 
 #: Virtual size of an arena segment; pages are reserved as they are used.
 ARENA_BYTES = 256 << 20
@@ -62,15 +63,6 @@ class RunOfValues:
     def __init__(self, buffer: Any, lengths: list[int]) -> None:
         self.buffer = buffer
         self.lengths = lengths
-
-
-def encode_keys(keys: Sequence[str]) -> list[bytes]:
-    """Each key's UTF-8, lone surrogates passed through (strict encoding first: it is
-    twice as fast, and only a key with a lone surrogate needs the other)."""
-    try:
-        return list(map(str.encode, keys))
-    except UnicodeEncodeError:
-        return [key.encode("utf-8", "surrogatepass") for key in keys]
 
 
 class Table:

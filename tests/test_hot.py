@@ -20,8 +20,9 @@ from shmstore import _layout as L
 from shmstore._limits import Limits
 from shmstore._options import Options
 from shmstore._policy import Policy
+from shmstore._protocol import encode_keys
 from shmstore._reader import DirectReader
-from shmstore._table import RunOfValues, Table, encode_keys
+from shmstore._table import RunOfValues, Table
 
 chot = _hot.load("c")
 needs_c = pytest.mark.skipif(chot is _hot.fallback, reason="the compiled core is not built")

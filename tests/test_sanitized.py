@@ -59,26 +59,20 @@ DRIVER = textwrap.dedent(
 
     # The mset request decodings: frames cut short, with bytes changed or added.
     from shmstore import _protocol as proto
-    good = proto.pack([proto.MSET, ["key", "\\u00e9\\ud800", ""], [b"v" * 300, b"", b"x"], 2**40])
-    for case in range(int(sys.argv[3])):
-        frame = bytearray(good[: rng.randrange(len(good) + 1)])
-        for _ in range(rng.randrange(4)):
-            if frame:
-                frame[rng.randrange(len(frame))] = rng.randrange(256)
-        frame = bytes(frame) + bytes(rng.randrange(3))
-        got = _chot.parse_mset(frame)
-        assert got is None or got == fallback.parse_mset(frame), (case, frame)
-    staged = proto.pack(
-        [proto.MSET_SHM, ["key", "\\u00e9\\ud800", ""], "s12.34", [300, 0, 2**40], 5]
-    )
-    for case in range(int(sys.argv[3])):
-        frame = bytearray(staged[: rng.randrange(len(staged) + 1)])
-        for _ in range(rng.randrange(4)):
-            if frame:
-                frame[rng.randrange(len(frame))] = rng.randrange(256)
-        frame = bytes(frame) + bytes(rng.randrange(3))
-        got = _chot.parse_mset_shm(frame)
-        assert got is None or got == fallback.parse_mset_shm(frame), (case, frame)
+    keys = ["key", "\\u00e9\\ud800", ""]
+    for name, good in (
+        ("parse_mset", proto.pack([proto.MSET, keys, [b"v" * 300, b"", b"x"], 2**40])),
+        ("parse_mset_shm", proto.pack([proto.MSET_SHM, keys, "s12.34", [300, 0, 2**40], 5])),
+    ):
+        compiled, twin = getattr(_chot, name), getattr(fallback, name)
+        for case in range(int(sys.argv[3])):
+            frame = bytearray(good[: rng.randrange(len(good) + 1)])
+            for _ in range(rng.randrange(4)):
+                if frame:
+                    frame[rng.randrange(len(frame))] = rng.randrange(256)
+            frame = bytes(frame) + bytes(rng.randrange(3))
+            got = compiled(frame)
+            assert got is None or got == twin(frame), (name, case, frame)
     # A staged batch's copy: refs, lengths and sources of any size, in or out of range.
     for case in range(int(sys.argv[3])):
         source = bytes(rng.randrange(300))

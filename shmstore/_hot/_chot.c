@@ -761,6 +761,29 @@ done:
     return result;
 }
 
+/* Write one entry, its key (bytes) then its value (vlen bytes at v), at its ref, which
+ * must lie with the whole entry inside its arena segment. 0, or -1 with an exception. */
+static int write_entry(Arenas *arenas, PyObject *key, PyObject *ref_obj, const void *v,
+                       uint64_t vlen) {
+    const unsigned char *kp;
+    Py_ssize_t klen;
+    if (bytes_of(key, &kp, &klen) < 0) return -1;
+    uint64_t ref = as_u64(ref_obj);
+    if (PyErr_Occurred()) return -1;
+    unsigned char *base;
+    Py_ssize_t size;
+    uint64_t off = ref & OFFSET_MASK;
+    if (arena_at(arenas, ref >> OFFSET_BITS, &base, &size) < 0) return -1;
+    if (!base || off > (uint64_t)size || (uint64_t)klen + vlen > (uint64_t)size - off) {
+        PyErr_Format(PyExc_ValueError, "entry at %llx overruns its arena segment",
+                     (unsigned long long)ref);
+        return -1;
+    }
+    memcpy(base + off, kp, klen);
+    memcpy(base + off + klen, v, vlen);
+    return 0;
+}
+
 static PyObject *place(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "place(arenas, refs, keys, values)");
@@ -781,29 +804,12 @@ static PyObject *place(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
     if (arenas_init(&arenas, args[0], 1) < 0) return NULL;
     PyObject *result = NULL;
     for (Py_ssize_t k = 0; k < n; k++) {
-        const unsigned char *kp;
-        Py_ssize_t klen;
-        if (bytes_of(PyList_GET_ITEM(keys, k), &kp, &klen) < 0) goto done;
-        uint64_t ref = as_u64(PyList_GET_ITEM(refs, k));
-        if (PyErr_Occurred()) goto done;
         Py_buffer v;
         if (PyObject_GetBuffer(PySequence_Fast_GET_ITEM(values, k), &v, PyBUF_SIMPLE) < 0) goto done;
-        unsigned char *base;
-        Py_ssize_t size;
-        uint64_t off = ref & OFFSET_MASK;
-        if (arena_at(&arenas, ref >> OFFSET_BITS, &base, &size) < 0) {
-            PyBuffer_Release(&v);
-            goto done;
-        }
-        if (!base || off + (uint64_t)klen + (uint64_t)v.len > (uint64_t)size) {
-            PyBuffer_Release(&v);
-            PyErr_Format(PyExc_ValueError, "entry at %llx overruns its arena segment",
-                         (unsigned long long)ref);
-            goto done;
-        }
-        memcpy(base + off, kp, klen);
-        memcpy(base + off + klen, v.buf, v.len);
+        int written = write_entry(&arenas, PyList_GET_ITEM(keys, k), PyList_GET_ITEM(refs, k),
+                                  v.buf, (uint64_t)v.len);
         PyBuffer_Release(&v);
+        if (written < 0) goto done;
     }
     result = Py_None;
     Py_INCREF(result);
@@ -838,28 +844,15 @@ static PyObject *place_run(PyObject *self, PyObject *const *args, Py_ssize_t nar
     PyObject *result = NULL;
     uint64_t at = 0;
     for (Py_ssize_t k = 0; k < n; k++) {
-        const unsigned char *kp;
-        Py_ssize_t klen;
-        if (bytes_of(PyList_GET_ITEM(keys, k), &kp, &klen) < 0) goto done;
-        uint64_t ref = as_u64(PyList_GET_ITEM(refs, k));
-        if (PyErr_Occurred()) goto done;
         uint64_t vlen = as_u64(PyList_GET_ITEM(lengths, k));
         if (PyErr_Occurred()) goto done;
         if (vlen > (uint64_t)source.len - at) {
             PyErr_SetString(PyExc_ValueError, "the values overrun their source");
             goto done;
         }
-        unsigned char *base;
-        Py_ssize_t size;
-        uint64_t off = ref & OFFSET_MASK;
-        if (arena_at(&arenas, ref >> OFFSET_BITS, &base, &size) < 0) goto done;
-        if (!base || off > (uint64_t)size || (uint64_t)klen + vlen > (uint64_t)size - off) {
-            PyErr_Format(PyExc_ValueError, "entry at %llx overruns its arena segment",
-                         (unsigned long long)ref);
+        if (write_entry(&arenas, PyList_GET_ITEM(keys, k), PyList_GET_ITEM(refs, k),
+                        (const unsigned char *)source.buf + at, vlen) < 0)
             goto done;
-        }
-        memcpy(base + off, kp, klen);
-        memcpy(base + off + klen, (const unsigned char *)source.buf + at, vlen);
         at += vlen;
     }
     result = Py_NewRef(Py_None);

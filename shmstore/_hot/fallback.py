@@ -484,11 +484,7 @@ def parse_mset(frame: bytes) -> tuple[list[bytes], list[bytes], int | None] | No
         _mset, (keys, values, ttl) = proto.parse_request(frame)  # MSET, by its start
     except ProtocolError:
         return None
-    try:
-        encoded = list(map(str.encode, keys))
-    except UnicodeEncodeError:
-        encoded = [key.encode("utf-8", "surrogatepass") for key in keys]
-    return encoded, values, ttl
+    return proto.encode_keys(keys), values, ttl
 
 
 #: How every staged ``mset`` request frame the proxies pack begins: a msgpack array
@@ -510,8 +506,4 @@ def parse_mset_shm(frame: bytes) -> tuple[list[bytes], str, list[int], int | Non
         _op, (keys, segment, lengths, ttl) = proto.parse_request(frame)
     except ProtocolError:
         return None
-    try:
-        encoded = list(map(str.encode, keys))
-    except UnicodeEncodeError:
-        encoded = [key.encode("utf-8", "surrogatepass") for key in keys]
-    return encoded, segment, lengths, ttl
+    return proto.encode_keys(keys), segment, lengths, ttl
