@@ -19,11 +19,9 @@ ever reading a reply that is not its own:
   the store restarted under the same name.
 
 Waiting for a reply, a client first polls its connection for up to
-:data:`SPIN_BEFORE_BLOCK_NS`, yielding the CPU between polls, and only then blocks in
-``read``. A manager answers a batched ``mset`` in some 50 µs, and a process that blocks
-for that long lets its CPU go idle: on a virtual machine, waking an idle vCPU costs tens
-of microseconds each way, which was most of a batch's round trip (measured: one writer
-380k -> 590k keys/s of 1.5 kB values in batches of 64).
+:data:`~shmstore._spin.SPIN_BEFORE_BLOCK_NS`, yielding the CPU between polls, and only
+then blocks in ``read`` (see :mod:`shmstore._spin`): a manager answers a batched
+``mset`` in some 50 µs, and a process that blocks for that long lets its CPU go idle.
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ from __future__ import annotations
 import os
 import select
 import threading
-import time
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client as _connect
 from multiprocessing.connection import Connection
@@ -40,11 +37,9 @@ from typing import Any
 from ._errors import StoreClosedError, StoreConnectionError, StorePermissionError
 from ._protocol import parse_reply
 from ._runtime import StorePaths
+from ._spin import spin_until
 
-__all__ = ["SPIN_BEFORE_BLOCK_NS", "Client"]
-
-#: How long a client polls for a reply before it blocks in ``read``, in ns.
-SPIN_BEFORE_BLOCK_NS = 100_000
+__all__ = ["Client"]
 
 
 class Client:
@@ -83,7 +78,7 @@ class Client:
             connection = self._connection or self._connect()
             try:
                 connection.send_bytes(frame)
-                self._spin_for_reply()
+                spin_until(self._reply_ready)  # the reply, or the manager's EOF
                 reply = connection.recv_bytes()
             except BaseException as exc:
                 self._discard()
@@ -94,13 +89,9 @@ class Client:
                 raise
         return parse_reply(reply)
 
-    def _spin_for_reply(self) -> None:
-        """Poll the connection until it is readable (the reply, or the manager's EOF)
-        or :data:`SPIN_BEFORE_BLOCK_NS` have passed; the lock is held."""
-        readable, clock = self._ended.poll, time.perf_counter_ns
-        deadline = clock() + SPIN_BEFORE_BLOCK_NS
-        while not readable(0) and clock() < deadline:
-            os.sched_yield()  # to the manager, if it waits for this CPU
+    def _reply_ready(self) -> bool:
+        """Whether the connection is readable; the lock is held."""
+        return bool(self._ended.poll(0))
 
     def wait_for_end(self, timeout_s: float) -> bool:
         """After a request that stops the manager: wait until it has exited (its end

@@ -22,7 +22,9 @@ writes its configuration as one msgpack map to its stdin, and waits for the line
   serving the other clients meanwhile. One thread serving every client, rather than a
   thread each, is what lets several writers get what one gets: the threads spent the
   manager's CPU on handing the GIL and the table lock to one another (see
-  :mod:`shmstore._channel`). When a process's last connection ends, the staging
+  :mod:`shmstore._channel`). While requests come often, the loop polls for the next
+  one before it blocks (:class:`~shmstore._spin.IdleSpin`), so its CPU does not go
+  idle between a writer's batches. When a process's last connection ends, the staging
   segments it left are unlinked.
 * **a reserver thread** keeps arena pages reserved ahead of need (:class:`_Reserver`),
   in system calls that release the GIL, beside the main thread's loop.
@@ -74,6 +76,7 @@ from ._persistence import Snapshots
 from ._policy import Policy
 from ._runtime import StorePaths
 from ._segment import Segment
+from ._spin import IdleSpin
 from ._staging import KEEP_BYTES
 from ._stats import ReaderTable
 from ._table import RunOfValues, Table
@@ -286,8 +289,9 @@ class Manager:
         """Serve until the owner exits or SIGTERM arrives; then clean up."""
         poll_s = None if self._owner_fd is not None else _OWNER_POLL_S
         try:
+            wait = IdleSpin(self._selector.select).wait
             while not self._stopping:
-                for key, _events in self._selector.select(poll_s):
+                for key, _events in wait(poll_s):
                     self._dispatch(key.data, key.fileobj)
                 if poll_s is not None and os.getppid() != self._owner_pid:
                     self._stopping = True

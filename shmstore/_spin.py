@@ -1,0 +1,80 @@
+"""Waiting without letting a CPU go idle: poll, yielding the CPU, before blocking.
+
+On a virtual machine a process that blocks for some tens of microseconds lets its
+vCPU halt, and waking a halted vCPU costs tens of microseconds again, on both sides
+of every request. A proxy waiting for its reply and the manager waiting for the
+next request therefore both poll for up to :data:`SPIN_BEFORE_BLOCK_NS` first,
+calling ``sched_yield`` between polls so that a process wanting that CPU gets it.
+Measured on the 2-vCPU machines these figures come from (1.5 kB values in batches of
+64): the proxy's poll took one writer from 380k to 590k keys/s; the manager's from
+about 680k to 960k, and batched ``mset`` into a fresh store from 365k to 415k.
+
+The manager polls only while requests come often (:class:`IdleSpin`), so a store
+used now and then costs no CPU between its requests.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+TYPE_CHECKING = False  # typing for the type checker only (the manager's memory)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+__all__ = ["SPIN_BEFORE_BLOCK_NS", "IdleSpin", "spin_until"]
+
+#: How long a waiter polls before it blocks, in ns.
+SPIN_BEFORE_BLOCK_NS = 100_000
+
+
+def spin_until(
+    ready: Callable[[], Any],
+    budget_ns: int = SPIN_BEFORE_BLOCK_NS,
+    clock: Callable[[], int] = time.perf_counter_ns,
+) -> Any:
+    """Call ``ready()`` until it returns something true or ``budget_ns`` have passed
+    on ``clock`` (ns), yielding the CPU between calls; returns its last result (false
+    if the time ran out, and the caller then blocks)."""
+    deadline = clock() + budget_ns
+    result = ready()
+    while not result and clock() < deadline:
+        os.sched_yield()
+        result = ready()
+    return result
+
+
+class IdleSpin:
+    """How the manager's loop waits for its next events: if the last wait ended within
+    the spin budget (requests are coming often), it polls for that long before it
+    blocks; after a longer wait it blocks at once. So a steady stream of requests
+    keeps the manager's CPU awake and a quiet store costs one budget at most.
+
+    :param select: the selector's ``select``, called with a timeout in seconds
+        (``0`` polls, ``None`` blocks).
+    :param budget_ns: how long to poll, in ns (default :data:`SPIN_BEFORE_BLOCK_NS`).
+    :param clock: the monotonic clock in ns (default ``time.perf_counter_ns``).
+    """
+
+    def __init__(
+        self,
+        select: Callable[[float | None], list[Any]],
+        budget_ns: int = SPIN_BEFORE_BLOCK_NS,
+        clock: Callable[[], int] = time.perf_counter_ns,
+    ) -> None:
+        self._select = select
+        self._budget_ns = budget_ns
+        self._clock = clock
+        self._busy = False  # whether the last wait ended within the budget
+
+    def wait(self, timeout_s: float | None) -> list[Any]:
+        """The next events, as ``select(timeout_s)`` returns them."""
+        select, clock = self._select, self._clock
+        start = clock()
+        budget = self._budget_ns if self._busy else 0
+        events: list[Any] = spin_until(lambda: select(0), budget, clock)
+        if not events:
+            events = select(timeout_s)
+        self._busy = clock() - start <= self._budget_ns
+        return events
