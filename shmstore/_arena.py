@@ -7,9 +7,12 @@ reused by later entries of that class (every entry of a cache of embeddings is o
 class); it is not coalesced across classes or returned to the system while the store
 lives, so a workload whose value sizes drift keeps the space its old sizes used.
 
-Pages of ``/dev/shm`` are reserved (``posix_fallocate``) before anything is written
-into them: a batch first calls :meth:`Arena.make_room`, which fails cleanly with
-:class:`StoreFullError` if ``/dev/shm`` is full, and only then allocates.
+Pages of ``/dev/shm`` are reserved (``posix_fallocate``, then populated) before
+anything is written into them: a batch first calls :meth:`Arena.make_room`, which
+reserves what the batch needs and fails cleanly with :class:`StoreFullError` if
+``/dev/shm`` is full, and only then allocates. So that a batch seldom waits for that,
+the manager reserves ahead of need while it has nothing else to do
+(:meth:`Arena.reserve_ahead`).
 """
 
 from __future__ import annotations
@@ -22,16 +25,15 @@ from . import _layout as L
 from ._errors import StoreFullError
 from ._segment import Segment, unlink_segment
 
-__all__ = ["RESERVE_AHEAD", "Arena"]
+__all__ = ["RESERVE_AHEAD", "RESERVE_CHUNK", "Arena"]
 
-#: Granularity of page reservation in an arena segment. Each step the reserver thread
-#: takes costs the manager's main thread some handoffs of the GIL and the table lock;
-#: with 1.5 kB values in batches of 64, steps of 1 MiB rather than 256 KiB cut the main
-#: thread's futex calls fivefold (194 against 1,040 over 624 batches, ``perf trace``).
-RESERVE_STEP = 1 << 20
-_PAGE = 4096
-#: Arena bytes the manager keeps reserved past the bump pointer (:meth:`Arena.reservation_wanted`).
+#: Arena bytes kept reserved past the bump pointer by :meth:`Arena.reserve_ahead`.
 RESERVE_AHEAD = 512 << 10
+#: Bytes one call of :meth:`Arena.reserve_ahead` reserves at most: 16 pages, some
+#: 20-25 µs of the kernel's time on the virtual machines this was measured on, so a
+#: request arriving meanwhile waits at most that long.
+RESERVE_CHUNK = 64 << 10
+_PAGE = 4096
 _SIZE_CACHE_ENTRIES = 4096
 
 
@@ -80,20 +82,17 @@ class Arena:
         """
         segment = self._segments.get(self._id)
         if segment is None or self._bump + need > segment.size:
-            size = max(self._segment_bytes, -(-need // RESERVE_STEP) * RESERVE_STEP)
+            size = max(self._segment_bytes, -(-need // RESERVE_CHUNK) * RESERVE_CHUNK)
             segment = Segment.create(L.arena_name(self._prefix, self._id + 1), size)
             self._id += 1
             self._segments[self._id] = segment
             self.buffers.append(segment.buf)
             self._bump = self._reserved_to = 0
         if self._bump + need > self._reserved_to:
-            end = min(segment.size, -(-(self._bump + need) // RESERVE_STEP) * RESERVE_STEP)
-            try:
-                segment.reserve(self._reserved_to, end - self._reserved_to)
-            except StoreFullError:
-                # No room for a whole step: perhaps for the batch's own pages.
-                end = min(segment.size, -(-(self._bump + need) // _PAGE) * _PAGE)
-                segment.reserve(self._reserved_to, end - self._reserved_to)
+            # Only the batch's own pages: more would make the batch wait longer, and
+            # could refuse a batch that /dev/shm has room for.
+            end = min(segment.size, -(-(self._bump + need) // _PAGE) * _PAGE)
+            segment.reserve(self._reserved_to, end - self._reserved_to)
             self._reserved_to = end
 
     def bump_need(self, sizes: list[int]) -> int:
@@ -177,31 +176,32 @@ class Arena:
         for refs, used in held or ():
             self.release(refs, used)
 
-    def short_of_reserve(self) -> bool:
-        """Whether :meth:`reservation_wanted` has work to give. Safe to ask without the
-        table lock, as a hint: a stale answer only delays or repeats a cheap check."""
-        return self._reserved_to - self._bump < RESERVE_AHEAD
+    def reserve_ahead(self) -> bool:
+        """Reserve up to :data:`RESERVE_CHUNK` more bytes of the current segment, if
+        fewer than :data:`RESERVE_AHEAD` past the bump pointer are reserved; whether
+        there was anything to do. Best effort: a full ``/dev/shm`` leaves the reservation
+        as it was (the batch that needs the bytes then reports it) and returns False.
 
-    def reservation_wanted(self) -> tuple[Segment, int, int] | None:
-        """``(segment, start, end)``: the bytes to reserve so that ``RESERVE_AHEAD``
-        bytes past the bump pointer are, or ``None`` if they are.
-
-        Reserving costs the kernel about 0.8 ms per MiB on the virtual machines this
-        was measured on. The manager's reserver thread asks this under the table lock,
-        calls :meth:`Segment.reserve` without it (its system calls release the GIL),
-        and reports with :meth:`reserved`; a batch that finds its bytes not reserved
-        yet reserves them itself, so this is only ever ahead of need."""
+        The manager calls this while no request is waiting. Reserving costs the kernel
+        1.3-1.5 µs a page on the virtual machines this was measured on (it clears each
+        page), three times what copying a value into a reserved page then costs. Done
+        here, it fills time the manager's main thread would otherwise spend waiting for
+        the next request; done by a thread of its own, it competed with the main
+        thread and the writer for two CPUs, and each request that arrived while it ran
+        waited for it (batched ``mset`` of 1.5 kB values into a fresh store: 355-367k
+        keys/s against 282-295k, in turns)."""
         segment = self._segments.get(self._id)
-        if segment is None or not self.short_of_reserve():
-            return None
-        end = min(segment.size, -(-(self._bump + RESERVE_AHEAD) // RESERVE_STEP) * RESERVE_STEP)
-        return (segment, self._reserved_to, end) if end > self._reserved_to else None
-
-    def reserved(self, segment: Segment, end: int) -> None:
-        """Record that ``segment`` is reserved up to ``end`` (ignored if the arena has
-        moved on to a new segment since)."""
-        if self._segments.get(self._id) is segment and end > self._reserved_to:
-            self._reserved_to = end
+        if segment is None or self._reserved_to - self._bump >= RESERVE_AHEAD:
+            return False
+        end = min(segment.size, self._reserved_to + RESERVE_CHUNK)
+        if end <= self._reserved_to:
+            return False  # the segment is reserved to its end; the next one starts anew
+        try:
+            segment.reserve(self._reserved_to, end - self._reserved_to)
+        except (StoreFullError, OSError):
+            return False
+        self._reserved_to = end
+        return True
 
     def close(self) -> None:
         """Unmap and unlink every segment."""

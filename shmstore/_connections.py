@@ -65,7 +65,6 @@ class Connections:
         :class:`Reply` (or sets ``channel.waiting`` and has it sent later, then calls
         :meth:`resume`); returns whether to keep the connection. Must not raise.
     :param on_drop: called once for a channel being dropped, before it is closed.
-    :param after_request: called after each request (the manager's reserver check).
     """
 
     def __init__(
@@ -73,12 +72,10 @@ class Connections:
         selector: selectors.BaseSelector,
         handle: Callable[[bytes, Reply], bool],
         on_drop: Callable[[Channel], None],
-        after_request: Callable[[], None],
     ) -> None:
         self._selector = selector
         self._handle = handle
         self._on_drop = on_drop
-        self._after_request = after_request
         self._scratch = memoryview(bytearray(SCRATCH_BYTES))  # every channel reads here
 
     def listen(self, channel: Channel) -> None:
@@ -142,7 +139,6 @@ class Connections:
             if reply.error is not None:
                 self.drop(channel)  # the client is gone
                 return
-            self._after_request()
             if not keep:
                 channel.closing = True
         self._watch(channel)

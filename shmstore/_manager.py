@@ -24,10 +24,11 @@ writes its configuration as one msgpack map to its stdin, and waits for the line
   manager's CPU on handing the GIL and the table lock to one another (see
   :mod:`shmstore._channel`). While requests come often, the loop polls for the next
   one before it blocks (:class:`~shmstore._spin.IdleSpin`), so its CPU does not go
-  idle between a writer's batches. When a process's last connection ends, the staging
+  idle between a writer's batches; and before it polls, it reserves arena pages
+  ahead of need, a few at a time (:meth:`Arena.reserve_ahead
+  <shmstore._arena.Arena.reserve_ahead>`), so a batch seldom waits for the kernel to
+  clear fresh pages. When a process's last connection ends, the staging
   segments it left are unlinked.
-* **a reserver thread** keeps arena pages reserved ahead of need (:class:`_Reserver`),
-  in system calls that release the GIL, beside the main thread's loop.
 * **a tracker thread**, in a near cache only (:mod:`shmstore._nearcache`), holds the
   origin Redis server's tracking connection (:mod:`shmstore._tracking`) and applies
   what it reports: each invalidation removes its keys and takes the next number of
@@ -159,7 +160,6 @@ class Manager:
         self._table: Table | None = None  # created by open(): its segments outlive errors
         self._hot = _hot.load(options.implementation)
         self._readers: ReaderTable | None = None
-        self._reserver: _Reserver | None = None
         self._sweeper: _Sweeper | None = None
         self._table_lock = threading.Lock()
         # Live connections per client pid: a process's staging segments are removed
@@ -179,9 +179,7 @@ class Manager:
         self._calls: collections.deque[Callable[[], None]] = collections.deque()
         self._calls_lock = threading.Lock()
         self._calls_closed = False
-        self._connections = Connections(
-            self._selector, self._handle, self._dropped, self._after_request
-        )
+        self._connections = Connections(self._selector, self._handle, self._dropped)
 
     # -- start-up -------------------------------------------------------------------
 
@@ -216,7 +214,6 @@ class Manager:
         self._snapshots.load_own()  # before any client: a damaged file stops the start
         self._snapshots.start()
         self._readers = ReaderTable(self._segment_prefix, self._table.header)
-        self._reserver = _Reserver(self._table, self._table_lock)
         self._sweeper = _Sweeper(self._table, self._table_lock)
         if self._tracking is not None:
             self._start_tracker(self._table, self._tracking)
@@ -292,7 +289,7 @@ class Manager:
         """Serve until the owner exits or SIGTERM arrives; then clean up."""
         poll_s = None if self._owner_fd is not None else _OWNER_POLL_S
         try:
-            wait = IdleSpin(self._selector.select).wait
+            wait = IdleSpin(self._selector.select, work=self._reserve_ahead).wait
             while not self._stopping:
                 for key, _events in wait(poll_s):
                     self._dispatch(key.data, key.fileobj)
@@ -300,6 +297,15 @@ class Manager:
                     self._stopping = True
         finally:
             self._close()
+
+    def _reserve_ahead(self) -> bool:
+        """The loop's work while no request waits: one step of reserving arena pages
+        ahead of need; whether there was any."""
+        table = self._table
+        if table is None:
+            return False
+        with self._table_lock:
+            return table.arena.reserve_ahead()
 
     def _dispatch(self, callback: Callable[[Any], None], fileobj: Any) -> None:
         if not self._connections.dispatch(callback, fileobj):
@@ -379,8 +385,6 @@ class Manager:
         # daemons.
         if self._listener is not None:
             self._listener.close()
-        if self._reserver is not None:
-            self._reserver.stop()  # before the table unmaps what it may be reserving
         if self._sweeper is not None:
             self._sweeper.stop()
         if self._tracker is not None:
@@ -421,10 +425,6 @@ class Manager:
             with self._table_lock:
                 self._readers.release(session.reader_slot)
         self._peer_left(channel.peer_pid)
-
-    def _after_request(self) -> None:
-        if self._reserver is not None:
-            self._reserver.wake_if_short()
 
     def _peer_left(self, peer_pid: int) -> None:
         with self._peers_lock:
@@ -641,52 +641,6 @@ class Manager:
     def _wake_sweeper(self, table: Table, ttl: int | None) -> None:
         if self._sweeper is not None and (ttl or (ttl is None and table.policy.ttl_ns)):
             self._sweeper.wake()
-
-
-class _Reserver:
-    """A thread that keeps arena pages reserved ahead of the table's need (see
-    :meth:`Arena.reservation_wanted <shmstore._arena.Arena.reservation_wanted>`). Its
-    system calls release the GIL, so on a machine with a core to spare it reserves
-    while the main thread serves requests; the table lock is held only to read and
-    record the plan."""
-
-    def __init__(self, table: Table, table_lock: threading.Lock) -> None:
-        self._table = table
-        self._table_lock = table_lock
-        self._wanted = threading.Event()
-        self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="reserver", daemon=True)
-        self._thread.start()
-
-    def wake_if_short(self) -> None:
-        """Start reserving if the table is short (an unlocked hint: see
-        :meth:`Arena.short_of_reserve <shmstore._arena.Arena.short_of_reserve>`)."""
-        if self._table.arena.short_of_reserve():
-            self._wanted.set()
-
-    def stop(self) -> None:
-        """Stop the thread and wait for it: afterwards nothing reserves."""
-        self._stopping = True
-        self._wanted.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while True:
-            self._wanted.wait()
-            self._wanted.clear()
-            if self._stopping:
-                return
-            with self._table_lock:
-                plan = self._table.arena.reservation_wanted()
-            if plan is None:
-                continue
-            arena, start, end = plan
-            try:
-                arena.reserve(start, end - start)
-            except Exception:
-                continue  # best effort: a batch that needs the bytes reserves, or reports
-            with self._table_lock:
-                self._table.arena.reserved(arena, end)
 
 
 class _Sweeper:

@@ -47,15 +47,21 @@ def spin_until(
 
 
 class IdleSpin:
-    """How the manager's loop waits for its next events: if the last wait ended within
-    the spin budget (requests are coming often), it polls for that long before it
-    blocks; after a longer wait it blocks at once. So a steady stream of requests
-    keeps the manager's CPU awake and a quiet store costs one budget at most.
+    """How the manager's loop waits for its next events: first it does the work it
+    has in hand while nothing is ready (``work``, a step at a time, polling between
+    steps, so a request that arrives waits for one step at most); then, if the last
+    wait ended within the spin budget (requests are coming often), it polls for that
+    long before it blocks; after a longer wait it blocks at once. So a steady stream
+    of requests keeps the manager's CPU awake and a quiet store costs one budget at
+    most.
 
     :param select: the selector's ``select``, called with a timeout in seconds
         (``0`` polls, ``None`` blocks).
     :param budget_ns: how long to poll, in ns (default :data:`SPIN_BEFORE_BLOCK_NS`).
     :param clock: the monotonic clock in ns (default ``time.perf_counter_ns``).
+    :param work: does one bounded step of the loop's own work and returns whether
+        there was any; called until it returns False or an event is ready (default:
+        none).
     """
 
     def __init__(
@@ -63,20 +69,32 @@ class IdleSpin:
         select: Callable[[float | None], list[Any]],
         budget_ns: int = SPIN_BEFORE_BLOCK_NS,
         clock: Callable[[], int] = time.perf_counter_ns,
+        work: Callable[[], bool] = lambda: False,
     ) -> None:
         self._select = select
-        self._poll = lambda: select(0)
         self._budget_ns = budget_ns
         self._clock = clock
+        self._work = work
         self._busy = False  # whether the last wait ended within the budget
 
     def wait(self, timeout_s: float | None) -> list[Any]:
         """The next events, as ``select(timeout_s)`` returns them."""
-        clock = self._clock
+        select, clock = self._select, self._clock
         start = clock()
-        budget = self._budget_ns if self._busy else 0
-        events: list[Any] = spin_until(self._poll, budget, clock)
-        if not events:
-            events = self._select(timeout_s)
+        events: list[Any] = select(0)
+        while not events and self._work():
+            events = select(0)
+            start = clock()  # the wait begins when the work is done
+        if events:
+            self._busy = True
+            return events
+        if self._busy:
+            deadline = start + self._budget_ns
+            while clock() < deadline:
+                os.sched_yield()
+                events = select(0)
+                if events:
+                    return events
+        events = select(timeout_s)
         self._busy = clock() - start <= self._budget_ns
         return events

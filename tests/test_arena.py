@@ -8,7 +8,7 @@ import os
 import pytest
 
 from shmstore import _layout as L
-from shmstore._arena import Arena
+from shmstore._arena import RESERVE_AHEAD, RESERVE_CHUNK, Arena
 from shmstore._errors import StoreFullError
 from shmstore._segment import Segment
 
@@ -72,11 +72,9 @@ def test_bump_need_is_what_allocate_takes_from_the_bump_pointer(arena, later):
     assert arena.bump - bump == need
 
 
-def test_a_batch_that_fits_in_shared_memory_is_taken_when_a_whole_step_is_not(
-    arena, monkeypatch
-):
-    # /dev/shm with room for 16 pages: a reservation rounded up to RESERVE_STEP fails,
-    # the batch's own pages do not.
+@pytest.fixture
+def room(monkeypatch):
+    """/dev/shm with room for 16 more pages."""
     room = {"pages": 16}
     reserve = Segment.reserve
 
@@ -88,11 +86,45 @@ def test_a_batch_that_fits_in_shared_memory_is_taken_when_a_whole_step_is_not(
         reserve(segment, start, length)
 
     monkeypatch.setattr(Segment, "reserve", reserve_within_room)
+    return room
+
+
+def test_a_batch_reserves_its_own_pages_only_so_one_that_fits_is_taken(arena, room):
     arena.make_room(10_000)
     arena.allocate([10_000])
-    assert room["pages"] == 16 - 3  # the batch's three pages, not a step's 256
+    assert room["pages"] == 16 - 3  # the batch's three pages
     left = 3 * 4096 - 10_000 + 13 * 4096  # to the end of the 16th page
     with pytest.raises(StoreFullError):
         arena.make_room(left + 1)  # a 17th page: over the room
     arena.make_room(left)
     assert room["pages"] == 0
+
+
+def test_reserving_ahead_goes_a_chunk_at_a_time_to_reserve_ahead_past_the_bump(arena):
+    assert not arena.reserve_ahead()  # no segment yet: the first batch makes one
+    arena.make_room(10_000)
+    arena.allocate([10_000])
+    steps = 0
+    while arena.reserve_ahead():
+        steps += 1
+    reserved = 3 * 4096 + steps * RESERVE_CHUNK
+    assert reserved - arena.bump >= RESERVE_AHEAD > reserved - RESERVE_CHUNK - arena.bump
+    arena.make_room(RESERVE_AHEAD)  # reserved already: allocating it cannot fail
+    arena.allocate([RESERVE_AHEAD])
+    assert arena.reserve_ahead()  # short again
+
+
+def test_reserving_ahead_stops_at_the_end_of_the_segment(arena):
+    arena.make_room((1 << 20) - 4096)
+    arena.allocate([(1 << 20) - 4096])  # the 1 MiB segment's last page left
+    assert arena.reserve_ahead()
+    assert not arena.reserve_ahead()
+    arena.allocate([4096])  # reserved to its end, so this takes no new page
+
+
+def test_reserving_ahead_in_a_full_shared_memory_changes_nothing(arena, room):
+    arena.make_room(4096)
+    room["pages"] = 0
+    assert not arena.reserve_ahead()
+    with pytest.raises(StoreFullError):
+        arena.make_room(2 * 4096)  # nothing was recorded as reserved

@@ -84,3 +84,48 @@ def test_spin_until_returns_the_first_true_result_or_the_last_false_one() -> Non
 
     assert spin_until(never, BUDGET_NS, loop.clock) is False
     assert loop.now == 120_000  # stopped at the first look past the budget
+
+
+class _Work:
+    """The loop's own work: ``steps`` steps of it, each taking 20 µs."""
+
+    def __init__(self, loop: _Loop, steps: int) -> None:
+        self.loop, self.steps, self.done = loop, steps, 0
+
+    def __call__(self) -> bool:
+        if self.done == self.steps:
+            return False
+        self.done += 1
+        self.loop.now += 20_000
+        return True
+
+
+def test_work_is_done_a_step_at_a_time_with_a_poll_after_each_before_blocking() -> None:
+    loop = _Loop()
+    work = _Work(loop, steps=3)
+    spin = IdleSpin(loop.select, BUDGET_NS, loop.clock, work)
+    events, calls = loop.wait(spin, block_ns=5_000_000)
+    assert events == ["event"] and work.done == 3
+    assert calls == [0, 0, 0, 0, None]  # a poll before each step and after the last
+
+
+def test_a_request_that_arrives_during_the_work_waits_for_one_step_only() -> None:
+    loop = _Loop()
+    work = _Work(loop, steps=100)
+    spin = IdleSpin(loop.select, BUDGET_NS, loop.clock, work)
+    loop.ready_after = 2
+    assert spin.wait(None) == ["event"]
+    assert loop.calls == [0, 0] and work.done == 1
+    loop.ready_after, loop.calls = None, []
+    loop.wait(spin, block_ns=5_000_000)
+    assert work.done == 100  # the rest, at the next wait
+
+
+def test_the_work_does_not_count_against_the_budget() -> None:
+    loop = _Loop()
+    work = _Work(loop, steps=0)
+    spin = IdleSpin(loop.select, BUDGET_NS, loop.clock, work)
+    loop.wait(spin, block_ns=20_000)  # a short wait: the next one polls
+    work.steps = 50  # a millisecond of work
+    _, calls = loop.wait(spin, block_ns=20_000)
+    assert calls.count(0) == 51 + BUDGET_NS // 10_000  # then a whole budget of polls

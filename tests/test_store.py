@@ -430,3 +430,17 @@ def test_proxy_follows_a_store_restarted_under_the_same_name():
         assert proxy.mget(["k"]) == [b"new"]
         assert proxy.limits.max_value_bytes == 20
     proxy.close()
+
+
+def test_the_manager_reserves_arena_pages_ahead_of_need_while_idle():
+    # So that the next batches find their pages reserved rather than wait for the
+    # kernel to clear them.
+    from shmstore._arena import RESERVE_AHEAD
+
+    with shmstore.SharedByteStore() as store:
+        store.mset([("k", b"v" * 10_000)])
+        arena = store._paths.segment_prefix.lstrip("/") + "a"
+        assert _workers.eventually(
+            lambda: _workers.shm_bytes(arena) >= RESERVE_AHEAD + 10_000, within_s=10
+        )
+        assert _workers.shm_bytes(arena) < RESERVE_AHEAD + (1 << 20)  # and no further
