@@ -65,14 +65,23 @@ class Arena:
         """The block size of entries of ``used`` key and value bytes, through a cache
         of the sizes seen (a cache of embeddings has one)."""
         size_of = self._size_of
+        if used and used.count(used[0]) == len(used):  # one size, as a cache of embeddings
+            size = size_of.get(used[0])
+            if size is None:
+                return self._sizes_anew(used)
+            return [size] * len(used)
         try:
             return [size_of[n] for n in used]
         except KeyError:
-            if len(size_of) > _SIZE_CACHE_ENTRIES:
-                size_of.clear()
-            for n in used:
-                size_of[n] = L.entry_bytes(n, 0)
-            return [size_of[n] for n in used]
+            return self._sizes_anew(used)
+
+    def _sizes_anew(self, used: list[int]) -> list[int]:
+        size_of = self._size_of
+        if len(size_of) > _SIZE_CACHE_ENTRIES:
+            size_of.clear()
+        for n in used:
+            size_of[n] = L.entry_bytes(n, 0)
+        return [size_of[n] for n in used]
 
     def make_room(self, need: int) -> None:
         """Make sure ``need`` bytes past the bump pointer are reserved, in a new
