@@ -195,10 +195,12 @@ class Arena:
         1.3-1.5 µs a page on the virtual machines this was measured on (it clears each
         page), three times what copying a value into a reserved page then costs. Done
         here, it fills time the manager's main thread would otherwise spend waiting for
-        the next request; done by a thread of its own, it competed with the main
-        thread and the writer for two CPUs, and each request that arrived while it ran
-        waited for it (batched ``mset`` of 1.5 kB values into a fresh store: 355-367k
-        keys/s against 282-295k, in turns)."""
+        the next request. Done by a thread of its own, as it was, it competed with the
+        main thread and the writer for two CPUs: 30 of the 33 requests that waited
+        over 100 µs to be read had arrived while it ran. Batched ``mset`` of 1.5 kB
+        values into a fresh store, in turns: 367-397k keys/s against 255-316k with that
+        thread, and 431-439k against 358-372k with a compiled thread that never takes
+        the GIL (a prototype, not kept)."""
         segment = self._segments.get(self._id)
         if segment is None or self._reserved_to - self._bump >= RESERVE_AHEAD:
             return False
