@@ -34,6 +34,15 @@ def test_blocks_are_laid_end_to_end_in_their_size_class(arena):
     assert arena.bump == 1720
 
 
+def test_a_batch_of_one_class_is_laid_end_to_end_from_the_bump_pointer(arena):
+    arena.make_room(104 + 5 * 1600)
+    arena.allocate([104])
+    refs = arena.allocate([1600] * 5)
+    assert [_offset(r) for r in refs] == [104 + 1600 * i for i in range(5)]
+    assert {r >> L.OFFSET_BITS for r in refs} == {1}
+    assert arena.bump == 104 + 5 * 1600
+
+
 def test_a_freed_block_is_reused_by_its_class_only(arena):
     arena.make_room(4096)
     first = arena.allocate(arena.entry_sizes([1581, 100]))
