@@ -151,11 +151,12 @@ class Arena:
 
     def _bump_run(self, sizes: list[int]) -> list[int]:
         start = self._bump
-        if sizes and sizes.count(sizes[0]) == len(sizes):  # one class: a range of refs
+        size = sizes[0] if sizes else 0
+        if size and sizes.count(size) == len(sizes):  # one class: a range of refs
             # (an offset is below 1 << OFFSET_BITS, so the segment's bits add as they or)
             first = (self._id << L.OFFSET_BITS) + start
-            self._bump = start + sizes[0] * len(sizes)
-            return list(range(first, first + sizes[0] * len(sizes), sizes[0]))
+            self._bump = start + size * len(sizes)
+            return list(range(first, first + size * len(sizes), size))
         offsets = list(itertools.accumulate(sizes, initial=start))
         self._bump = offsets.pop()
         return list(map(operator.or_, offsets, itertools.repeat(self._id << L.OFFSET_BITS)))

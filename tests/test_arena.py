@@ -41,6 +41,8 @@ def test_a_batch_of_one_class_is_laid_end_to_end_from_the_bump_pointer(arena):
     assert [_offset(r) for r in refs] == [104 + 1600 * i for i in range(5)]
     assert {r >> L.OFFSET_BITS for r in refs} == {1}
     assert arena.bump == 104 + 5 * 1600
+    empty = arena.allocate([0, 0])  # an empty key with an empty value takes no bytes
+    assert [_offset(r) for r in empty] == [104 + 5 * 1600] * 2 and arena.bump == 104 + 8000
 
 
 def test_a_freed_block_is_reused_by_its_class_only(arena):
