@@ -61,6 +61,12 @@ class Arena:
         """Bytes handed out by the bump pointer in the current segment."""
         return self._bump
 
+    @property
+    def reserved(self) -> int:
+        """How far pages are reserved: the current segment's id << OFFSET_BITS | the
+        offset reserved up to (0 before the first segment)."""
+        return self._id << L.OFFSET_BITS | self._reserved_to
+
     def entry_sizes(self, used: list[int]) -> list[int]:
         """The block size of entries of ``used`` key and value bytes, through a cache
         of the sizes seen (a cache of embeddings has one)."""

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import select
 import threading
+from collections.abc import Callable
 from multiprocessing import AuthenticationError
 from multiprocessing.connection import Client as _connect
 from multiprocessing.connection import Connection
@@ -63,8 +64,13 @@ class Client:
         #: the limits read from its header, must be read again when this changes.
         self.generation = 0
 
-    def request(self, frame: bytes) -> Any:
+    def request(self, frame: bytes, while_waiting: Callable[[], bool] | None = None) -> Any:
         """Send one encoded request and return the decoded result of its reply.
+
+        :param while_waiting: work for the wait: called, the reply looked for after
+            each call, until it returns False or the reply is in (a staged ``mset``'s
+            :meth:`Prefaulter.step <shmstore._prefault.Prefaulter.step>`); then the
+            wait polls as always.
 
         :raises StoreClosedError: :meth:`close` was called.
         :raises StoreConnectionError: the manager cannot be reached or the connection
@@ -78,6 +84,9 @@ class Client:
             connection = self._connection or self._connect()
             try:
                 connection.send_bytes(frame)
+                if while_waiting is not None:
+                    while not self._reply_ready() and while_waiting():
+                        pass
                 spin_until(self._reply_ready)  # the reply, or the manager's EOF
                 reply = connection.recv_bytes()
             except BaseException as exc:

@@ -25,7 +25,10 @@ one aligned 8-byte access, which is atomic on x86-64.
        dies; 0: no such mutex, readers poll the manager's pidfd; see
        :func:`shmstore._hot.fallback.hold_liveness`)
     24-31 LIVENESS_MUTEX (a glibc ``pthread_mutex_t``, robust and process-shared)
-    32-511 reserved (zero)
+    32 RESERVED (the arena segment id << 40 | byte offset up to which the manager
+       has reserved pages: a hint a writing proxy prefaults ahead of, see
+       :mod:`shmstore._prefault`; 0 before the first segment)
+    33-511 reserved (zero)
 Words 10-12 are the store's data-path options (:mod:`shmstore._options`), set by its
 owner and read by every proxy, so every process of a store takes the same paths;
 13-14 its cache policy (:mod:`shmstore._policy`); 15-20 counters only the manager
@@ -143,6 +146,7 @@ W_HITS, W_MISSES, W_EVICTIONS, W_EXPIRATIONS, W_SETS, W_DELETES = 15, 16, 17, 18
 W_STATS_SEQ = 21
 W_INVALIDATION_SEQ = 22
 W_LIVENESS_TID, W_LIVENESS_MUTEX, LIVENESS_MUTEX_WORDS = 23, 24, 8
+W_RESERVED = 32
 HEADER_WORDS = 512
 
 #: Stripe version words, after the header. 16,384 stripes (128 KiB): two batches of 64

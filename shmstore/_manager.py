@@ -305,7 +305,7 @@ class Manager:
         if table is None:
             return False
         with self._table_lock:
-            return table.arena.reserve_ahead()
+            return table.reserve_ahead()
 
     def _dispatch(self, callback: Callable[[Any], None], fileobj: Any) -> None:
         if not self._connections.dispatch(callback, fileobj):

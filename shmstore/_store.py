@@ -36,6 +36,7 @@ from ._launcher import ManagerProcess
 from ._limits import Limits
 from ._options import Options
 from ._policy import Policy, ttl_ns
+from ._prefault import Prefaulter
 from ._reader import DirectReader, read_header
 from ._runtime import StorePaths, claim, default_runtime_dir, new_name
 from ._segment import Segment
@@ -157,6 +158,7 @@ class _SharedStoreBase(Administration, BaseStore[str, V]):
         self._counters: ReaderCounters | None = None
         self._counters_for = (-1, -1)
         self._stager = Stager(paths.segment_prefix)
+        self._prefaulter = Prefaulter(paths.segment_prefix)
         self._manager = manager
         # Stops the manager if the owner drops the store without closing it, or exits.
         self._stop_manager = weakref.finalize(self, manager.stop) if manager else None
@@ -210,6 +212,7 @@ class _SharedStoreBase(Administration, BaseStore[str, V]):
         :class:`StoreConnectionError`; elsewhere it only disconnects. Idempotent."""
         self._client.close()
         self._stager.close()
+        self._prefaulter.close()  # after the client's close: no request is in its wait
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.close()
@@ -413,7 +416,8 @@ class _SharedStoreBase(Administration, BaseStore[str, V]):
         """Send an ``mset`` request, then hand its staged values back to the stager."""
         replied = False
         try:
-            self._client.request(frame)
+            # While a staged batch is applied, the wait clears the manager's next pages.
+            self._client.request(frame, self._prefaulter.step if staged is not None else None)
             replied = True
         except StoreError as exc:
             # An error reply is a reply: the manager is done with the request. A lost

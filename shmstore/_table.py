@@ -314,6 +314,15 @@ class Table:
                 if self._deadlines.recorded > 2 * self._live + _STALE_DEADLINES:
                     self._record_deadlines_again()
 
+    def reserve_ahead(self) -> bool:
+        """One step of :meth:`Arena.reserve_ahead <shmstore._arena.Arena.reserve_ahead>`,
+        published in the header for the proxies that prefault ahead of it; whether
+        there was anything to do."""
+        stepped = self.arena.reserve_ahead()
+        if stepped:
+            self._header[L.W_RESERVED] = self.arena.reserved
+        return stepped
+
     def delete_many(self, keys: list[str]) -> None:
         """Remove the keys; missing ones are ignored."""
         encoded = encode_keys(keys)
@@ -353,6 +362,7 @@ class Table:
         header[L.W_LIVE_KEYS] = self._live
         header[L.W_LIVE_BYTES] = self._live_bytes
         header[L.W_NEXT_ORDER] = self._next_order
+        header[L.W_RESERVED] = self.arena.reserved
 
     @contextlib.contextmanager
     def _window(self, encoded: list[bytes]) -> Iterator[None]:

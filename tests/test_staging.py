@@ -89,7 +89,7 @@ def test_kept_segment_is_replaced_after_a_request_without_reply(byte_store, monk
     client = byte_store._client
     request = client.request
 
-    def sent_then_interrupted(frame):
+    def sent_then_interrupted(frame, while_waiting=None):
         request(frame)  # the manager applies it, but the caller never sees the reply
         raise KeyboardInterrupt
 
