@@ -10,7 +10,10 @@ where the manager has reserved to (header word ``RESERVED``, see
 :mod:`shmstore._layout`), in its own read-only mapping of the segment
 (``MADV_POPULATE_READ``: tmpfs allocates and clears a page on a read fault too), a
 few at a time, looking for the reply between steps. Batched ``mset`` of 1.5 kB values
-into a fresh store, in turns: 488-502k keys/s against 443-472k without it.
+into a fresh store, six pairs in turns: 471-499k keys/s against 421-489k without it.
+Prefaulting from the reservation itself gained nothing (the writer and the manager
+then cleared the same pages at once), nor did unmapping each step's pages after it
+(``MADV_DONTNEED``), which cost what the prefaulting saved.
 
 It is a hint, and only that: the manager still reserves every page it writes into
 (``fallocate``), so a page prefaulted or not is the same to it, and a proxy that
