@@ -43,7 +43,13 @@ import itertools
 import os
 import threading
 
+from ._hot import fallback
 from ._segment import Segment, unlink_segment
+
+TYPE_CHECKING = False  # typing for the type checker only
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 __all__ = ["KEEP_BYTES", "Staged", "Stager"]
 
@@ -77,18 +83,26 @@ class Stager:
         self._kept_generation = -1
         self._closed = False
 
-    def stage(self, values: list[bytes], total: int, generation: int) -> Staged:
+    def stage(
+        self,
+        values: list[bytes],
+        total: int,
+        generation: int,
+        copy: Callable[[Any, list[bytes]], int] = fallback.stage_values,
+    ) -> Staged:
         """Copy ``values`` (``total`` bytes) into a staging segment. Every call must be
         followed by :meth:`done`.
 
         :param generation: the connection the request will go on
             (:attr:`Client.generation`, read after connecting).
+        :param copy: the store's ``stage_values`` (:mod:`shmstore._hot`), which lays
+            them end to end.
         :raises StoreFullError: ``/dev/shm`` has no room (nothing is left behind).
         """
         if total <= KEEP_BYTES and self._lock.acquire(blocking=False):
             try:
                 segment, suffix = self._kept_for(total, generation)
-                _copy(segment, values)
+                copy(segment.buf, values)
                 return Staged(segment, suffix, kept=True)
             except BaseException:
                 self._drop_kept()
@@ -97,7 +111,7 @@ class Stager:
         suffix = f"s{os.getpid()}.{next(_numbers)}"
         segment = _create(self._prefix + suffix, max(total, 1))
         try:
-            _copy(segment, values)
+            copy(segment.buf, values)
         except BaseException:
             _remove(segment)
             raise
@@ -166,14 +180,6 @@ def _create(name: str, size: int) -> Segment:
         raise
     segment.seal()  # one descriptor (the mapping's) per kept segment, not two
     return segment
-
-
-def _copy(segment: Segment, values: list[bytes]) -> None:
-    buf, offset = segment.buf, 0
-    for value in values:
-        end = offset + len(value)
-        buf[offset:end] = value
-        offset = end
 
 
 def _remove(segment: Segment) -> None:

@@ -384,7 +384,8 @@ class _SharedStoreBase(Administration, BaseStore[str, V]):
         # segments if it dies before the request arrives.
         self._client.connect()
         try:
-            staged = self._stager.stage(values, total, self._client.generation)
+            copy = _hot.load(options.implementation).stage_values
+            staged = self._stager.stage(values, total, self._client.generation, copy)
         except StoreFullError:
             # No room for a staging segment: the socket carries them instead (the
             # manager may still have room in its arena, such as space freed there).

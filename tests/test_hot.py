@@ -325,3 +325,23 @@ def test_a_run_of_values_is_placed_only_within_its_source_and_its_segment(implem
     with pytest.raises(ValueError, match="overrun"):  # past the arena segment
         implementation.place_run(arenas, [1 << L.OFFSET_BITS | 250], [b"key"], b"x" * 9, [9])
     assert arena[250:] == bytes(6)
+
+
+@pytest.mark.parametrize(
+    "implementation",
+    [pytest.param(fallback, id="python"), pytest.param(chot, id="c", marks=needs_c)],
+)
+def test_staged_values_are_laid_end_to_end_or_not_at_all(implementation):
+    target = bytearray(16)
+    assert implementation.stage_values(target, [b"abc", b"", b"defgh"]) == 8
+    assert target[:8] == b"abcdefgh" and target[8:] == bytes(8)
+    again = bytearray(16)
+    with pytest.raises(ValueError, match="overrun"):
+        implementation.stage_values(again, [b"x" * 10, b"y" * 7])
+    assert again == bytearray(16)  # nothing written
+    with pytest.raises(TypeError, match="position 1"):
+        implementation.stage_values(again, [b"x", bytearray(b"y")])
+    # What is staged is what place_run reads back.
+    arena = bytearray(64)
+    implementation.place_run([None, arena], [1 << L.OFFSET_BITS], [b"k"], target, [3])
+    assert arena[:4] == b"kabc"

@@ -862,6 +862,42 @@ done:
     return result;
 }
 
+/* The values (bytes) end to end into target (a proxy's staging segment), all of them
+ * or, if they would overrun it, none: fallback.stage_values. */
+static PyObject *stage_values(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "stage_values(target, values)");
+        return NULL;
+    }
+    PyObject *values = args[1];
+    if (check_list(values, "values") < 0) return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(values);
+    uint64_t total = 0;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *value = PyList_GET_ITEM(values, k);
+        if (!PyBytes_Check(value)) {
+            PyErr_Format(PyExc_TypeError, "value at position %zd is not bytes", k);
+            return NULL;
+        }
+        total += (uint64_t)PyBytes_GET_SIZE(value);
+    }
+    Py_buffer target;
+    if (PyObject_GetBuffer(args[0], &target, PyBUF_WRITABLE) < 0) return NULL;
+    if (total > (uint64_t)target.len) {
+        PyBuffer_Release(&target);
+        PyErr_SetString(PyExc_ValueError, "the values overrun their target");
+        return NULL;
+    }
+    char *at = target.buf;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        PyObject *value = PyList_GET_ITEM(values, k);
+        memcpy(at, PyBytes_AS_STRING(value), (size_t)PyBytes_GET_SIZE(value));
+        at += PyBytes_GET_SIZE(value);
+    }
+    PyBuffer_Release(&target);
+    return PyLong_FromUnsignedLongLong(total);
+}
+
 static PyObject *rebuild(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2 && nargs != 4) {
         PyErr_SetString(PyExc_TypeError, "rebuild(old, new, old_visited=None, new_visited=None)");
@@ -1128,6 +1164,8 @@ static PyMethodDef methods[] = {
     {"place_run", (PyCFunction)(void (*)(void))place_run, METH_FASTCALL,
      "see fallback.place_run"},
     {"rebuild", (PyCFunction)(void (*)(void))rebuild, METH_FASTCALL, "see fallback.rebuild"},
+    {"stage_values", (PyCFunction)(void (*)(void))stage_values, METH_FASTCALL,
+     "see fallback.stage_values"},
     {"parse_mset", parse_mset, METH_O, "parse_mset(frame): see fallback.parse_mset"},
     {"parse_mset_shm", parse_mset_shm, METH_O,
      "parse_mset_shm(frame): see fallback.parse_mset_shm"},

@@ -53,6 +53,7 @@ __all__ = [
     "place_run",
     "rebuild",
     "release_liveness",
+    "stage_values",
     "stripes_enter",
     "stripes_exit",
 ]
@@ -412,6 +413,27 @@ def place_run(
                 view.release()
     finally:
         whole.release()
+
+
+def stage_values(target: Any, values: list[bytes]) -> int:
+    """Copy ``values`` end to end into ``target``, a writable ``mmap`` or ``bytearray``
+    (a proxy's staging segment, read back by :func:`place_run`); the bytes written.
+
+    :raises TypeError: a value is not ``bytes`` (its position named).
+    :raises ValueError: they would overrun ``target``; nothing was written.
+    """
+    if not set(map(type, values)) <= {bytes}:
+        position = next(i for i, value in enumerate(values) if type(value) is not bytes)
+        raise TypeError(f"value at position {position} is not bytes")
+    total = sum(map(len, values))
+    if total > len(target):  # an mmap or a bytearray: its length is its bytes
+        raise ValueError("the values overrun their target")
+    offset = 0
+    for value in values:
+        end = offset + len(value)
+        target[offset:end] = value
+        offset = end
+    return total
 
 
 _SIZES: dict[int, int] = {}
