@@ -79,19 +79,21 @@ class Prefaulter:
         self._failed = True
         if self._header is not None:
             self._header.release()
-            self._header = None
         for segment in (self._ctl, self._segment):
             if segment is not None:
                 segment.close()
+        self._forget()
+
+    def _forget(self) -> None:
+        """Drop the mappings (unmapped already, or a forked parent's copies)."""
+        self._header = None
         self._ctl = self._segment = None
         self._segment_id = 0
 
     def _step(self) -> bool:
         if self._pid != os.getpid():  # a forked child: the parent's mappings are not ours
             self._pid = os.getpid()
-            self._header = None
-            self._ctl = self._segment = None
-            self._segment_id = 0
+            self._forget()
         header = self._header
         if header is None:
             self._ctl = Segment.open(L.ctl_name(self._prefix))
@@ -100,14 +102,13 @@ class Prefaulter:
         segment_id, offset = reserved >> L.OFFSET_BITS, reserved & L.OFFSET_MASK
         if segment_id == 0:
             return False
-        if segment_id != self._segment_id:
-            if self._segment is not None:
-                self._segment.close()
-                self._segment = None
-            self._segment = Segment.open(L.arena_name(self._prefix, segment_id))
-            self._segment_id, self._done_to = segment_id, 0
         segment = self._segment
-        assert segment is not None
+        if segment_id != self._segment_id or segment is None:
+            if segment is not None:
+                segment.close()
+                self._segment = None
+            segment = self._segment = Segment.open(L.arena_name(self._prefix, segment_id))
+            self._segment_id, self._done_to = segment_id, 0
         start = max(offset + LEAD, self._done_to) & ~(mmap.PAGESIZE - 1)
         end = min(offset + LEAD + SPAN, segment.size, start + STEP)
         if end <= start:

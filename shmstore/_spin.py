@@ -39,7 +39,15 @@ def spin_until(
     on ``clock`` (ns), yielding the CPU between calls; returns its last result (false
     if the time ran out, and the caller then blocks)."""
     deadline = clock() + budget_ns
-    result = ready()
+    return _yield_until(ready, deadline, clock, ready())
+
+
+def _yield_until(
+    ready: Callable[[], Any], deadline: int, clock: Callable[[], int], result: Any
+) -> Any:
+    """:func:`spin_until` after its first call, whose ``result`` is given: while it is
+    false and ``clock()`` is before ``deadline``, yield the CPU and call ``ready()``
+    again; returns the last result."""
     while not result and clock() < deadline:
         os.sched_yield()
         result = ready()
@@ -72,6 +80,7 @@ class IdleSpin:
         work: Callable[[], bool] = lambda: False,
     ) -> None:
         self._select = select
+        self._poll = lambda: select(0)
         self._budget_ns = budget_ns
         self._clock = clock
         self._work = work
@@ -88,13 +97,10 @@ class IdleSpin:
         if events:
             self._busy = True
             return events
-        if self._busy:
-            deadline = start + self._budget_ns
-            while clock() < deadline:
-                os.sched_yield()
-                events = select(0)
-                if events:
-                    return events
+        if self._busy:  # polled once just now: on to the yields between polls
+            events = _yield_until(self._poll, start + self._budget_ns, clock, events)
+            if events:
+                return events
         events = select(timeout_s)
         self._busy = clock() - start <= self._budget_ns
         return events
