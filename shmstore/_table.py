@@ -47,6 +47,10 @@ __all__ = ["ARENA_BYTES", "RunOfValues", "Table"]
 
 #: Virtual size of an arena segment; pages are reserved as they are used.
 ARENA_BYTES = 256 << 20
+#: Values of at least this many bytes (16 pages) are copied into the arena by the
+#: kernel (:meth:`Arena.write <shmstore._arena.Arena.write>`) when a batch has only
+#: such values.
+LARGE_VALUE_BYTES = 64 << 10
 #: Stale deadline records (of keys overwritten or deleted since) kept before the
 #: records are made again from the index.
 _STALE_DEADLINES = 1 << 16
@@ -63,6 +67,30 @@ class RunOfValues:
     def __init__(self, buffer: Any, lengths: list[int]) -> None:
         self.buffer = buffer
         self.lengths = lengths
+
+
+def _write_large(
+    arena: Arena, refs: list[int], keys: list[bytes], values: Any, lengths: list[int]
+) -> None:
+    """:meth:`Arena.write` of a batch's entries, its values a list or a
+    :class:`RunOfValues`."""
+    if not isinstance(values, RunOfValues):
+        arena.write(refs, keys, values)
+        return
+    whole = memoryview(values.buffer).cast("B")
+    views: list[memoryview] = []
+    try:
+        offset = 0
+        for n in lengths:
+            views.append(whole[offset : offset + n])
+            offset += n
+        if offset > whole.nbytes:
+            raise ValueError("the values overrun their source")
+        arena.write(refs, keys, views)
+    finally:
+        for view in views:
+            view.release()
+        whole.release()
 
 
 class Table:
@@ -269,7 +297,10 @@ class Table:
                 removed, evicted = expired + victims, len(victims)
         sizes = arena.entry_sizes(used)
         index.make_room(self._live, len(encoded))
-        arena.make_room(arena.bump_need(sizes))
+        # A batch of large values only is written with pwritev, into pages reserved but
+        # not populated (Arena.write); any other through the mapping.
+        large = min(lengths, default=0) >= LARGE_VALUE_BYTES
+        arena.make_room(arena.bump_need(sizes), populate=not large)
         refs = arena.allocate(sizes)
         # Entries go into blocks no slot points at (a reused block was freed by an
         # earlier batch, which moved its key's stripe on), so readers of other keys
@@ -280,7 +311,9 @@ class Table:
         owned = values_stay or (type(values) is list and set(map(type, values)) <= {bytes})
 
         def place() -> None:
-            if run is not None:
+            if large:
+                _write_large(arena, refs, encoded, run or values, lengths)
+            elif run is not None:
                 hot.place_run(arena.buffers, refs, encoded, run.buffer, lengths)
             else:
                 hot.place(arena.buffers, refs, encoded, values)

@@ -89,12 +89,12 @@ def room(monkeypatch):
     room = {"pages": 16}
     reserve = Segment.reserve
 
-    def reserve_within_room(segment, start, length):
+    def reserve_within_room(segment, start, length, populate=True):
         pages = -(-length // 4096)
         if pages > room["pages"]:
             raise StoreFullError("shared memory is full")
         room["pages"] -= pages
-        reserve(segment, start, length)
+        reserve(segment, start, length, populate)
 
     monkeypatch.setattr(Segment, "reserve", reserve_within_room)
     return room

@@ -13,7 +13,9 @@ import pytest
 from shmstore import _layout as L
 from shmstore._index import INITIAL_CAPACITY
 from shmstore._options import Options
-from shmstore._table import Table
+from shmstore._protocol import encode_keys
+from shmstore._segment import Segment
+from shmstore._table import LARGE_VALUE_BYTES, RunOfValues, Table
 from tests._workers import AWKWARD_KEYS
 
 
@@ -85,6 +87,33 @@ def test_large_values_and_large_batches_round_trip(table):
     many = {f"small{i}": os.urandom(1536) for i in range(1000)}
     table.set_many(list(many), list(many.values()))
     _check(table, {"a": values[0], "b": values[1], "c": values[2], **many})
+
+
+def test_a_batch_of_large_values_is_copied_by_the_kernel_into_unmapped_pages(
+    table, monkeypatch
+):
+    reserved = []  # (segment name, populate) of each arena reservation
+    reserve = Segment.reserve
+
+    def spy(segment, start, length, populate=True):
+        if segment.name.rsplit(".", 1)[-1].startswith("a"):
+            reserved.append(populate)
+        reserve(segment, start, length, populate)
+
+    monkeypatch.setattr(Segment, "reserve", spy)
+    big = [os.urandom(LARGE_VALUE_BYTES), os.urandom(LARGE_VALUE_BYTES + 4093)]
+    table.set_many(["a", AWKWARD_KEYS[1]], big)
+    assert reserved == [False]  # allocated, not populated: Arena.write fills them
+    run = [os.urandom(3 * LARGE_VALUE_BYTES + 1) for _ in range(3)]
+    staged = RunOfValues(bytearray(b"".join(run)), list(map(len, run)))
+    table.set_encoded(encode_keys(["s0", "s1", "a"]), staged, values_stay=True)
+    mixed = [os.urandom(LARGE_VALUE_BYTES), b"small"]  # not only large: the mapping
+    table.set_many(["m0", "m1"], mixed)
+    assert reserved == [False, False, True]
+    _check(table, {"a": run[2], AWKWARD_KEYS[1]: big[1], "s0": run[0], "s1": run[1],
+                   "m0": mixed[0], "m1": mixed[1]})
+    table.set_many(["s0", "s1"], big)  # into the blocks the staged batch's values freed
+    assert table.get_many(["s0", "s1"]) == big
 
 
 @pytest.mark.parametrize("seed", range(3))
