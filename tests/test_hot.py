@@ -22,7 +22,7 @@ from shmstore._options import Options
 from shmstore._policy import Policy
 from shmstore._protocol import encode_keys
 from shmstore._reader import DirectReader
-from shmstore._table import RunOfValues, Table
+from shmstore._table import LARGE_VALUE_BYTES, RunOfValues, Table
 
 chot = _hot.load("c")
 needs_c = pytest.mark.skipif(chot is _hot.fallback, reason="the compiled core is not built")
@@ -94,6 +94,9 @@ def test_twin_tables_hold_identical_index_and_entries(seed, cache, monkeypatch):
             if roll < 0.6:
                 keys = [rng.choice(universe) for _ in range(rng.randint(0, 80))]
                 values = [os.urandom(rng.choice((0, 3, 64, 1536, 9000))) for _ in keys]
+                if rng.random() < 0.1:  # large values only: written by the kernel
+                    keys = keys[:3]
+                    values = [os.urandom(LARGE_VALUE_BYTES + rng.randrange(9000)) for _ in keys]
                 ttl = rng.choice((None, 0, 10**9, 5 * 10**9)) if cache else None
                 staged = rng.random() < 0.4  # as a staged batch: one run of values
                 for table in twins:
@@ -151,6 +154,9 @@ def test_a_store_written_by_one_implementation_reads_the_same_in_the_other(monke
             ]
             store.mset(pairs)
             model.update(pairs)
+        large = [(f"large{i}", os.urandom(rng.randint(64 << 10, 1 << 20))) for i in range(3)]
+        store.mset(large)  # copied by the kernel, read into memory mapped in one call
+        model.update(large)
         store.mdelete(list(model)[::5])
         for key in list(model)[::5]:
             del model[key]
