@@ -18,6 +18,7 @@
 #if defined(__linux__) && defined(__GLIBC__)
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #define HAVE_LIVENESS 1
@@ -251,6 +252,39 @@ static int capacity_mask(Words *slots, uint64_t *mask) {
 
 /* -- the reader ------------------------------------------------------------------ */
 
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 /* Linux 5.14 */
+#endif
+/* Values of at least this many bytes get the pages of their new bytes object mapped in
+ * one call before the copy (value_bytes): */
+#define POPULATE_MIN_BYTES (64 << 10)
+#define PAGE_BYTES 4096
+
+/* A new bytes object holding the n bytes at src (in an arena mapping). A large value's
+ * memory is most often fresh: the C library maps it anew, or grows the heap into pages
+ * it gave back when the last such value was freed, and copying into it then takes a
+ * page fault every page or two. MADV_POPULATE_WRITE maps them all in one system call
+ * instead (a hint: a failure leaves the faults). Copying 1 MiB into fresh memory in C:
+ * 4.6 GB/s with it, 2.6 without; a 1 MiB mget, 4.8-5.8 GB/s against 4.2-4.4. Whether
+ * the memory is fresh is asked of its first whole page (mincore): populating pages
+ * already mapped would cost 10-20% of the copy. Populating the source's pages too
+ * (MADV_POPULATE_READ) gained nothing measurable. Measured on the virtual machines
+ * this project is benchmarked on. */
+static PyObject *value_bytes(const unsigned char *src, Py_ssize_t n) {
+    if (n < POPULATE_MIN_BYTES) return PyBytes_FromStringAndSize((const char *)src, n);
+    PyObject *bytes = PyBytes_FromStringAndSize(NULL, n);
+    if (!bytes) return NULL;
+    uintptr_t page_mask = ~(uintptr_t)(PAGE_BYTES - 1);
+    char *dest = PyBytes_AS_STRING(bytes);
+    uintptr_t first = ((uintptr_t)dest + PAGE_BYTES - 1) & page_mask;
+    uintptr_t end = ((uintptr_t)dest + (uintptr_t)n) & page_mask;
+    unsigned char resident = 1;
+    if (end > first && mincore((void *)first, PAGE_BYTES, &resident) == 0 && !(resident & 1))
+        (void)madvise((void *)first, end - first, MADV_POPULATE_WRITE);
+    memcpy(dest, src, (size_t)n);
+    return bytes;
+}
+
 /* One key's search in an index being changed: sets *value to a new reference (the
  * value's bytes, or None for a miss) and returns 0; or returns TORN, or the positive
  * id of an arena segment not mapped here, or -3 with an exception set. */
@@ -286,7 +320,7 @@ static long read_one(Words *slots, uint64_t mask, Arenas *arenas, const unsigned
         /* A hit: mark the slot visited for SIEVE, once (a byte already set is only
          * read, so its cache line stays shared). */
         if (visited->bytes && i < (uint64_t)visited->n && !visited->bytes[i]) visited->bytes[i] = 1;
-        *value = PyBytes_FromStringAndSize((const char *)base + off + klen, (Py_ssize_t)vlen);
+        *value = value_bytes(base + off + klen, (Py_ssize_t)vlen);
         return *value ? 0 : -3;
     }
     return TORN; /* no empty slot: not an index the manager would leave */
