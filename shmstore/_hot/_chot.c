@@ -326,6 +326,35 @@ static long read_one(Words *slots, uint64_t mask, Arenas *arenas, const unsigned
     return TORN; /* no empty slot: not an index the manager would leave */
 }
 
+/* Each key's hash into hashes[k], with the memory its search will read first asked
+ * for ahead: its first probe slot in one pass, then, in a second, the arena bytes of
+ * the entry that slot points at if its hash matches. A batch's keys are spread over
+ * the index and the arena, so each search would otherwise wait for its cache misses
+ * in turn; asked for together, they overlap. Only hints: what the second pass reads
+ * may be changing, and it is bounds-checked like every read here. 0, or -1 with an
+ * exception (a key that is neither str nor bytes). */
+static int prefetch_entries(Words *slots, uint64_t mask, Arenas *arenas, PyObject *keys,
+                            uint32_t *hashes, PyObject **keep) {
+    Py_ssize_t n = PyList_GET_SIZE(keys);
+    for (Py_ssize_t k = 0; k < n; k++) {
+        const unsigned char *kp;
+        Py_ssize_t klen;
+        if (key_of(PyList_GET_ITEM(keys, k), &kp, &klen, keep) < 0) return -1;
+        hashes[k] = crc32_of(kp, klen);
+        __builtin_prefetch(slots->words + (hashes[k] & mask) * SLOT_WORDS);
+    }
+    for (Py_ssize_t k = 0; k < n; k++) {
+        uint64_t *slot = slots->words + (hashes[k] & mask) * SLOT_WORDS;
+        uint64_t ref = LOAD(&slot[S_REF]);
+        if (ref <= REF_DELETED || (uint32_t)LOAD(&slot[S_HASH_KLEN]) != hashes[k]) continue;
+        unsigned char *base;
+        Py_ssize_t size;
+        if (arena_at(arenas, ref >> OFFSET_BITS, &base, &size) < 0) return -1;
+        if (base && (ref & OFFSET_MASK) < (uint64_t)size) __builtin_prefetch(base + (ref & OFFSET_MASK));
+    }
+    return 0;
+}
+
 static PyObject *lookup(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs < 5 || nargs > 7) {
         PyErr_SetString(PyExc_TypeError,
@@ -371,9 +400,9 @@ static PyObject *lookup(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     uint64_t mask;
     Py_ssize_t n = PyList_GET_SIZE(keys);
     uint64_t local_versions[64];
-    uint32_t local_stripes[64];
+    uint32_t local_stripes[64], local_hashes[64];
     uint64_t *versions = local_versions;
-    uint32_t *stripes = local_stripes;
+    uint32_t *stripes = local_stripes, *hashes = local_hashes;
     uint64_t *stripe_words = ctl.words + HEADER_WORDS;
 
     if (capacity_mask(&slots, &mask) < 0) {
@@ -383,7 +412,8 @@ static PyObject *lookup(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     if (n > 64) {
         versions = PyMem_Malloc(sizeof(uint64_t) * n);
         stripes = PyMem_Malloc(sizeof(uint32_t) * n);
-        if (!versions || !stripes) {
+        hashes = PyMem_Malloc(sizeof(uint32_t) * n);
+        if (!versions || !stripes || !hashes) {
             PyErr_NoMemory();
             goto done;
         }
@@ -394,11 +424,13 @@ static PyObject *lookup(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     out = PyList_New(n);
     if (!out) goto done;
+    /* One key has no misses to overlap. */
+    if (n > 1 && prefetch_entries(&slots, mask, &arenas, keys, hashes, &keep) < 0) goto done;
     for (Py_ssize_t k = 0; k < n; k++) {
         const unsigned char *kp;
         Py_ssize_t klen;
         if (key_of(PyList_GET_ITEM(keys, k), &kp, &klen, &keep) < 0) goto done;
-        uint32_t h = crc32_of(kp, klen);
+        uint32_t h = n > 1 ? hashes[k] : crc32_of(kp, klen);
         uint32_t s = h & (STRIPES - 1);
         uint64_t v = LOAD(&stripe_words[s]);
         if (v & 1) {
@@ -431,6 +463,7 @@ done:
     Py_XDECREF(keep);
     if (versions != local_versions) PyMem_Free(versions);
     if (stripes != local_stripes) PyMem_Free(stripes);
+    if (hashes != local_hashes) PyMem_Free(hashes);
     arenas_release(&arenas);
     PyBuffer_Release(&slots.view);
     PyBuffer_Release(&ctl.view);
