@@ -12,7 +12,9 @@ anything is written into them: a batch first calls :meth:`Arena.make_room`, whic
 reserves what the batch needs and fails cleanly with :class:`StoreFullError` if
 ``/dev/shm`` is full, and only then allocates. So that a batch seldom waits for that,
 the manager reserves ahead of need while it has nothing else to do
-(:meth:`Arena.reserve_ahead`).
+(:meth:`Arena.reserve_ahead`). A batch of large values only is the exception: its
+pages are allocated but not populated, and :meth:`Arena.write` has the kernel copy
+its entries in, which fills a fresh page without clearing it first.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any
 
-__all__ = ["ARENA_BYTES", "RunOfValues", "Table"]
+__all__ = ["ARENA_BYTES", "LARGE_VALUE_BYTES", "RunOfValues", "Table"]
 
 #: Virtual size of an arena segment; pages are reserved as they are used.
 ARENA_BYTES = 256 << 20
@@ -298,8 +298,12 @@ class Table:
         sizes = arena.entry_sizes(used)
         index.make_room(self._live, len(encoded))
         # A batch of large values only is written with pwritev, into pages reserved but
-        # not populated (Arena.write); any other through the mapping.
-        large = min(lengths, default=0) >= LARGE_VALUE_BYTES
+        # not populated (Arena.write); any other through the mapping. (The sum first: a
+        # batch of small values then costs no scan.)
+        large = (
+            added >= LARGE_VALUE_BYTES * len(lengths)
+            and min(lengths, default=0) >= LARGE_VALUE_BYTES
+        )
         arena.make_room(arena.bump_need(sizes), populate=not large)
         refs = arena.allocate(sizes)
         # Entries go into blocks no slot points at (a reused block was freed by an

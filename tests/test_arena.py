@@ -139,3 +139,18 @@ def test_reserving_ahead_in_a_full_shared_memory_changes_nothing(arena, room):
     assert not arena.reserve_ahead()
     with pytest.raises(StoreFullError):
         arena.make_room(2 * 4096)  # nothing was recorded as reserved
+
+
+def test_write_puts_each_entry_at_its_ref_and_nothing_past_its_segment(arena):
+    arena.make_room(300_000, populate=False)
+    refs = arena.allocate(arena.entry_sizes([3 + 70_000, 1 + 200_000]))
+    values = [os.urandom(70_000), memoryview(os.urandom(200_000))]
+    arena.write(refs, [b"key", b"k"], values)
+    at = [_offset(ref) for ref in refs]
+    buf = arena.buffers[1]
+    assert buf[at[0] : at[0] + 70_003] == b"key" + values[0]
+    assert buf[at[1] : at[1] + 200_001] == b"k" + bytes(values[1])
+    end = (1 << L.OFFSET_BITS) | (len(buf) - 10)
+    with pytest.raises(ValueError, match="overruns"):
+        arena.write([end], [b"key"], [b"x" * 8])
+    assert buf[len(buf) - 10 :] == bytes(10)
