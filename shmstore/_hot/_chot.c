@@ -331,8 +331,9 @@ static long read_one(Words *slots, uint64_t mask, Arenas *arenas, const unsigned
  * the entry that slot points at if its hash matches. A batch's keys are spread over
  * the index and the arena, so each search would otherwise wait for its cache misses
  * in turn; asked for together, they overlap. Only hints: what the second pass reads
- * may be changing, and it is bounds-checked like every read here. 0, or -1 with an
- * exception (a key that is neither str nor bytes). */
+ * may be changing (in a reader), and it is bounds-checked like every read here. Used
+ * by the reader's lookup and the manager's index_set. 0, or -1 with an exception (a
+ * key that is neither str nor bytes). */
 static int prefetch_entries(Words *slots, uint64_t mask, Arenas *arenas, PyObject *keys,
                             uint32_t *hashes, PyObject **keep) {
     Py_ssize_t n = PyList_GET_SIZE(keys);
@@ -732,33 +733,6 @@ static int append_pair(PyObject *refs, PyObject *sizes, uint64_t ref, uint64_t s
 /* Keys whose hashes index_set keeps on the stack (more: on the heap). */
 #define PREFETCH_KEYS 256
 
-/* Each key's hash into hashes[k], with the memory its search will read first asked
- * for ahead: its first probe slot in one pass, then, in a second, the arena bytes of
- * the key that slot holds if its hash and length match. A batch's keys are spread
- * over the index and the arena, so each search would otherwise wait for a cache miss
- * or two in turn; asked for together, the misses overlap. 0, or -1 with an exception
- * (a key that is not bytes). */
-static int prefetch_keys(Writer *w, PyObject *keys, uint32_t *hashes) {
-    Py_ssize_t n = PyList_GET_SIZE(keys);
-    for (Py_ssize_t k = 0; k < n; k++) {
-        const unsigned char *kp;
-        Py_ssize_t klen;
-        if (bytes_of(PyList_GET_ITEM(keys, k), &kp, &klen) < 0) return -1;
-        hashes[k] = crc32_of(kp, klen);
-        __builtin_prefetch(w->slots.words + (hashes[k] & w->mask) * SLOT_WORDS);
-    }
-    for (Py_ssize_t k = 0; k < n; k++) {
-        uint64_t *slot = w->slots.words + (hashes[k] & w->mask) * SLOT_WORDS;
-        uint64_t ref = slot[S_REF];
-        if (ref <= REF_DELETED || (uint32_t)slot[S_HASH_KLEN] != hashes[k]) continue;
-        unsigned char *base;
-        Py_ssize_t size;
-        if (arena_at(&w->arenas, ref >> OFFSET_BITS, &base, &size) < 0) return -1;
-        if (base && (ref & OFFSET_MASK) < (uint64_t)size) __builtin_prefetch(base + (ref & OFFSET_MASK));
-    }
-    return 0;
-}
-
 static PyObject *index_set(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs < 6 || nargs > 8) {
         PyErr_SetString(PyExc_TypeError,
@@ -787,12 +761,13 @@ static PyObject *index_set(PyObject *self, PyObject *const *args, Py_ssize_t nar
     PyObject *freed_refs = PyList_New(0), *freed_sizes = PyList_New(0), *result = NULL;
     long inserted = 0, reused = 0;
     uint32_t hashes_here[PREFETCH_KEYS], *hashes = hashes_here;
+    PyObject *keep = NULL; /* never set: the keys are bytes */
     if (!freed_refs || !freed_sizes || writer_open(&w, args[0], args[1], 1) < 0) goto done;
     if (n > PREFETCH_KEYS && !(hashes = PyMem_Malloc((size_t)n * sizeof *hashes))) {
         PyErr_NoMemory();
         goto done;
     }
-    if (prefetch_keys(&w, keys, hashes) < 0) goto done;
+    if (prefetch_entries(&w.slots, w.mask, &w.arenas, keys, hashes, &keep) < 0) goto done;
     for (Py_ssize_t k = 0; k < n; k++, order++) {
         const unsigned char *kp;
         Py_ssize_t klen;
@@ -827,6 +802,7 @@ static PyObject *index_set(PyObject *self, PyObject *const *args, Py_ssize_t nar
     result = Py_BuildValue("llOO", inserted, reused, freed_refs, freed_sizes);
 done:
     if (hashes != hashes_here) PyMem_Free(hashes);
+    Py_XDECREF(keep);
     writer_close(&w);
     marks_release(&visited);
     Py_XDECREF(freed_refs);
