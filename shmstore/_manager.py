@@ -141,9 +141,6 @@ class Manager:
         snapshot: dict[str, Any] | None = None,
     ) -> None:
         self._paths = paths
-        # Taken once: computing it hashes the runtime directory, a tenth of the main
-        # thread's time in a staged mset when it was taken per request (py-spy).
-        self._segment_prefix = paths.segment_prefix
         self._started_ns = time.time_ns()
         self._snapshot = snapshot or {}
         self._snapshots: Snapshots | None = None
@@ -199,7 +196,7 @@ class Manager:
         listener.setblocking(False)
         self._listener = listener
         self._table = Table(
-            self._segment_prefix,
+            self._paths.segment_prefix,
             self._segment_bytes,
             self._limits,
             self._options,
@@ -213,7 +210,7 @@ class Manager:
         )
         self._snapshots.load_own()  # before any client: a damaged file stops the start
         self._snapshots.start()
-        self._readers = ReaderTable(self._segment_prefix, self._table.header)
+        self._readers = ReaderTable(self._paths.segment_prefix, self._table.header)
         self._sweeper = _Sweeper(self._table, self._table_lock)
         if self._tracking is not None:
             self._start_tracker(self._table, self._tracking)
@@ -551,7 +548,7 @@ class Manager:
         # request has its reply, by when this one is done (see shmstore._staging), and
         # one it removes stays mapped here.
         staging = session.staging
-        segment = staging.open(self._segment_prefix + name)
+        segment = staging.open(self._paths.segment_prefix + name)
         try:
             if sum(lengths) > segment.size:
                 raise ProtocolError("the staged values overrun their segment")

@@ -19,6 +19,7 @@ made for it together, and the store never holds more than ``max_store_bytes``.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import operator
 import os
 import time
@@ -80,12 +81,10 @@ def _write_large(
     whole = memoryview(values.buffer).cast("B")
     views: list[memoryview] = []
     try:
-        offset = 0
-        for n in lengths:
-            views.append(whole[offset : offset + n])
-            offset += n
-        if offset > whole.nbytes:
+        if sum(lengths) > whole.nbytes:  # as place_run: checked before anything is written
             raise ValueError("the values overrun their source")
+        starts = itertools.accumulate(lengths, initial=0)  # one more than the values
+        views = [whole[start : start + n] for start, n in zip(starts, lengths, strict=False)]
         arena.write(refs, keys, views)
     finally:
         for view in views:

@@ -150,3 +150,15 @@ def test_deadline_records_of_overwritten_keys_do_not_pile_up(table, monkeypatch)
     clock[0] += 3600 * 10**9
     table.sweep()
     assert table.keys(None) == [] and table._header[L.W_EXPIRATIONS] == 65
+
+
+def test_a_run_of_large_values_past_its_buffer_writes_nothing(table):
+    from shmstore._table import _write_large
+
+    arena = table.arena
+    arena.make_room(3 * LARGE_VALUE_BYTES, populate=False)
+    refs = arena.allocate(arena.entry_sizes([1 + LARGE_VALUE_BYTES] * 2))
+    run = RunOfValues(bytearray(b"x" * (2 * LARGE_VALUE_BYTES - 1)), [LARGE_VALUE_BYTES] * 2)
+    with pytest.raises(ValueError, match="overrun"):
+        _write_large(arena, refs, [b"a", b"b"], run, run.lengths)
+    assert arena.buffers[1][: 3 * LARGE_VALUE_BYTES] == bytes(3 * LARGE_VALUE_BYTES)
