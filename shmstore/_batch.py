@@ -9,7 +9,11 @@ from typing import Any
 
 from ._errors import InvalidBatchError, InvalidKeyError
 
-__all__ = ["check_key", "check_prefix", "key_list", "short", "split_pairs"]
+__all__ = ["MsetBatch", "check_key", "check_prefix", "key_list", "short", "split_pairs"]
+
+#: An ``mset`` batch taken apart: its keys, its values as stored, the values' sizes in
+#: bytes, their sum, and the keys' lengths in characters added up.
+MsetBatch = tuple[list[str], list[bytes], list[int], int, int]
 
 short = reprlib.Repr()
 short.maxstring = short.maxother = 60

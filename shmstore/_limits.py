@@ -82,23 +82,29 @@ class Limits(_Fields):
         return self.max_batch_bytes + max(1 << 20, self.max_batch_bytes // 8)
 
     def check_batch(
-        self, keys: Sequence[str] | Sequence[bytes], value_sizes: Sequence[int]
+        self,
+        keys: Sequence[str] | Sequence[bytes],
+        value_sizes: Sequence[int],
+        value_bytes: int | None = None,
+        key_chars: int | None = None,
     ) -> None:
         """Raise if one value or the whole batch is over its limit. ``keys``: as
-        ``str``, or as their UTF-8 ``bytes``.
+        ``str``, or as their UTF-8 ``bytes``; ``value_bytes`` and ``key_chars``, if
+        given: the sums of ``value_sizes`` and of the keys' lengths, already added up.
 
         :raises ValueTooLargeError: names the first value over ``max_value_bytes``.
         :raises BatchTooLargeError: keys and values add up to over ``max_batch_bytes``.
         """
-        if value_sizes and max(value_sizes) > self.max_value_bytes:
+        values = sum(value_sizes) if value_bytes is None else value_bytes
+        if values > self.max_value_bytes and max(value_sizes) > self.max_value_bytes:
             position = next(i for i, n in enumerate(value_sizes) if n > self.max_value_bytes)
             raise ValueTooLargeError(
                 f"value at position {position} has {value_sizes[position]} bytes, over "
                 f"max_value_bytes={self.max_value_bytes}"
             )
-        values = sum(value_sizes)
         # A key's UTF-8 is 1 to 4 bytes a character: encode only when that matters.
-        if values + 4 * sum(map(len, keys)) > self.max_batch_bytes:
+        chars = sum(map(len, keys)) if key_chars is None else key_chars
+        if values + 4 * chars > self.max_batch_bytes:
             total = values + sum(
                 len(k) if isinstance(k, bytes) else len(k.encode("utf-8", "surrogatepass"))
                 for k in keys

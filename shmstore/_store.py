@@ -13,14 +13,14 @@ import asyncio
 import contextlib
 import os
 import weakref
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from . import _hot
 from . import _layout as L
 from . import _protocol as proto
 from ._administration import Administration
-from ._batch import check_prefix, split_pairs
+from ._batch import MsetBatch, check_prefix, split_pairs
 from ._batch import key_list as _checked_keys
 from ._client import Client
 from ._codec import decode_msgpack, encode_bytes, encode_msgpack
@@ -157,6 +157,11 @@ class _SharedStoreBase(Administration, BaseStore[str, V]):
         # This proxy's reader-table slot, and the (fork, connection) it was given for.
         self._counters: ReaderCounters | None = None
         self._counters_for = (-1, -1)
+        # The store's split_bytes_pairs (its implementation's), once its options are
+        # known: an attached proxy learns them at its first request.
+        self._split: Callable[[list[Any]], MsetBatch | None] | None = None
+        if config is not None:
+            self._split = _hot.load(config[1].implementation).split_bytes_pairs
         self._stager = Stager(paths.segment_prefix)
         self._prefaulter = Prefaulter(paths.segment_prefix)
         self._manager = manager
@@ -355,37 +360,44 @@ class _SharedStoreBase(Administration, BaseStore[str, V]):
             return None  # the manager answers, or its absence raises
         return reader
 
-    def _mset_batch(
-        self, key_value_pairs: Iterable[tuple[str, V]]
-    ) -> tuple[list[str], list[bytes]] | None:
-        """The batch's keys and encoded values, every item checked; ``None`` if empty."""
+    def _mset_batch(self, key_value_pairs: Iterable[tuple[str, V]]) -> MsetBatch | None:
+        """The batch, every item checked; ``None`` if empty."""
         keys, values = split_pairs(key_value_pairs)
         encoded = self._encode_values(values)
         self._check_open()
-        return (keys, encoded) if keys else None
+        if not keys:
+            return None
+        sizes = list(map(len, encoded))
+        return keys, encoded, sizes, sum(sizes), sum(map(len, keys))
 
     def _mset_request(
-        self, keys: list[str], values: list[bytes], ttl: int | None
+        self,
+        keys: list[str],
+        values: list[bytes],
+        sizes: list[int],
+        total: int,
+        key_chars: int,
+        ttl: int | None,
     ) -> tuple[bytes, Staged | None]:
         """The request frame, and the staged values it names if they are large; a
-        returned :class:`Staged` must be handed to ``self._stager.done``.
+        returned :class:`Staged` must be handed to ``self._stager.done``. Takes an
+        :data:`MsetBatch`'s parts.
 
         :raises LimitExceededError: a value or the batch is over its limit (nothing sent).
         :raises StoreFullError: ``/dev/shm`` has no room to stage them, and they are too
             large for the socket (nothing sent).
         """
-        sizes = list(map(len, values))
         limits, options = self._store_config()
-        limits.check_batch(keys, sizes)
-        total = sum(sizes)
+        limits.check_batch(keys, sizes, total, key_chars)
+        hot = _hot.load(options.implementation)
+        self._split = hot.split_bytes_pairs
         if total < options.stage_bytes:
             return self._frame(proto.MSET, keys, values, ttl, limits=limits), None
         # Connected first: the manager then knows this process, and unlinks its staging
         # segments if it dies before the request arrives.
         self._client.connect()
         try:
-            copy = _hot.load(options.implementation).stage_values
-            staged = self._stager.stage(values, total, self._client.generation, copy)
+            staged = self._stager.stage(values, total, self._client.generation, hot.stage_values)
         except StoreFullError:
             # No room for a staging segment: the socket carries them instead (the
             # manager may still have room in its arena, such as space freed there).
@@ -597,6 +609,17 @@ class SharedByteStore(_SharedStoreBase[bytes]):
 
     def _encode_values(self, values: list[Any]) -> list[bytes]:
         return encode_bytes(values)
+
+    def _mset_batch(self, key_value_pairs: Iterable[tuple[str, bytes]]) -> MsetBatch | None:
+        # A list of (str, bytes) tuples, the common batch, is taken apart by one hot
+        # function; anything else by the general path, which names a wrong item.
+        split = self._split
+        if split is not None and type(key_value_pairs) is list:
+            batch = split(key_value_pairs)
+            if batch is not None:
+                self._check_open()
+                return batch if batch[0] else None
+        return super()._mset_batch(key_value_pairs)
 
     def _decode_values(self, values: list[bytes | None]) -> list[bytes | None]:
         return values

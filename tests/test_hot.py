@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import random
 import struct
+import sys
 import types
 import zlib
 
@@ -351,3 +352,62 @@ def test_staged_values_are_laid_end_to_end_or_not_at_all(implementation):
     arena = bytearray(64)
     implementation.place_run([None, arena], [1 << L.OFFSET_BITS], [b"k"], target, [3])
     assert arena[:4] == b"kabc"
+
+
+class _Str(str):
+    pass
+
+
+_ITEMS = st.one_of(
+    st.tuples(st.sampled_from(AWKWARD) | st.text(max_size=8), st.binary(max_size=8)),
+    st.sampled_from(
+        [
+            ["list", b"pair"],
+            ("three", b"items", b""),
+            ("one",),
+            (_Str("str subclass"), b""),
+            ("bytearray", bytearray(b"x")),
+            (b"bytes key", b""),
+            "ab",
+            None,
+        ]
+    ),
+)
+
+
+@needs_c
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_ITEMS, max_size=6))
+def test_a_batch_of_pairs_is_taken_apart_the_same_by_both(pairs):
+    split = fallback.split_bytes_pairs(pairs)
+    assert chot.split_bytes_pairs(pairs) == split
+    plain = all(
+        type(p) is tuple and len(p) == 2 and type(p[0]) is str and type(p[1]) is bytes
+        for p in pairs
+    )
+    if not plain:
+        assert split is None  # the caller's general path takes it, and names what is wrong
+        return
+    keys, values = [k for k, _ in pairs], [v for _, v in pairs]
+    sizes = [len(v) for v in values]
+    assert split == (keys, values, sizes, sum(sizes), sum(map(len, keys)))
+
+
+@pytest.mark.parametrize(
+    "implementation",
+    [pytest.param(fallback, id="python"), pytest.param(chot, id="c", marks=needs_c)],
+)
+def test_only_a_list_of_pairs_is_taken_apart(implementation):
+    for not_a_list in (iter([("k", b"v")]), (("k", b"v"),), type("L", (list,), {})()):
+        with pytest.raises(TypeError, match="list"):
+            implementation.split_bytes_pairs(not_a_list)
+
+
+@needs_c
+def test_taking_a_batch_apart_keeps_no_reference():
+    key, value = "".join(["key"] * 20), bytes(range(100))  # neither shared nor interned
+    before = sys.getrefcount(key), sys.getrefcount(value)
+    for _ in range(100):
+        assert chot.split_bytes_pairs([(key, value)])[0] == [key]
+        assert chot.split_bytes_pairs([(key, value), (key, None)]) is None
+    assert (sys.getrefcount(key), sys.getrefcount(value)) == before

@@ -90,6 +90,13 @@ DRIVER = textwrap.dedent(
                 outcomes.append("refused")
         # Refusals may differ (the twin checks a run's padded blocks), copies may not.
         assert "refused" in outcomes or outcomes[0] == outcomes[1], case
+    # A batch of pairs taken apart: shapes the compiled path takes and shapes it leaves.
+    for case in range(int(sys.argv[3])):
+        shapes = [("k" * rng.randrange(3), bytes(rng.randrange(5))), ["k", b""], ("k",),
+                  (b"k", b""), None]
+        pairs = [rng.choice(shapes) for _ in range(rng.randrange(6))]
+        got = _chot.split_bytes_pairs(pairs)
+        assert got == fallback.split_bytes_pairs(pairs), (case, pairs)
     print("ok")
     """
 )

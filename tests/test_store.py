@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import gc
 import os
@@ -61,6 +62,36 @@ def test_shared_store_refuses_values_that_would_not_round_trip(bad_value):
 def test_byte_store_accepts_bytes_like_values_and_returns_bytes(byte_store):
     byte_store.mset([("a", bytearray(b"ba")), ("b", memoryview(b"mv")), ("c", b"")])
     assert byte_store.mget(["a", "b", "c"]) == [b"ba", b"mv", b""]
+
+
+class _Key(str):
+    pass
+
+
+def test_batches_of_every_shape_are_stored_as_given(byte_store):
+    # A list of (str, bytes) tuples takes the compiled path; these take the general one.
+    Pair = collections.namedtuple("Pair", "key value")
+
+    def shapes():
+        return [
+            [["list", b"1"]],
+            [Pair("namedtuple", b"2")],
+            ((k, v) for k, v in [("generator", b"3")]),
+            [(_Key("str-subclass"), b"4")],
+            [("bytearray", bytearray(b"5")), ("bytes", b"6")],
+            [("mixed", b"7"), ["mixed", b"8"]],
+        ]
+
+    names = ["plain", "list", "namedtuple", "generator", "str-subclass", "bytearray"]
+    with shmstore.SharedByteStore.attach(byte_store.name) as attached:
+        for proxy in (byte_store, attached):  # an attached proxy learns its path late
+            proxy.mset([("plain", b"0")])
+            for pairs in shapes():
+                proxy.mset(pairs)
+            got = proxy.mget([*names, "bytes", "mixed"])
+            assert got == [b"0", b"1", b"2", b"3", b"4", b"5", b"6", b"8"]
+            assert type(next(iter(proxy.yield_keys(prefix="str-")))) is str
+            proxy.mdelete(list(proxy.yield_keys()))
 
 
 # -- limits: each named in its error, each enforced before anything is applied -------

@@ -942,6 +942,51 @@ done:
     return result;
 }
 
+/* A proxy's mset batch of (str, bytes) pairs taken apart in one pass:
+ * fallback.split_bytes_pairs. None for anything else, which the caller's general path
+ * takes apart (and names, if it is wrong). */
+static PyObject *split_bytes_pairs(PyObject *self, PyObject *pairs) {
+    if (!PyList_CheckExact(pairs)) {
+        PyErr_SetString(PyExc_TypeError, "pairs must be a list");
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(pairs);
+    PyObject *keys = PyList_New(n), *values = keys ? PyList_New(n) : NULL;
+    PyObject *sizes = values ? PyList_New(n) : NULL;
+    if (!sizes) goto fail;
+    /* The lists' allocation may have run a collection, and a finaliser can change any
+     * list: nothing below runs Python code or allocates a tracked object. */
+    if (PyList_GET_SIZE(pairs) != n) goto other;
+    unsigned long long value_bytes = 0, key_chars = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *pair = PyList_GET_ITEM(pairs, i);
+        if (!PyTuple_CheckExact(pair) || PyTuple_GET_SIZE(pair) != 2) goto other;
+        PyObject *key = PyTuple_GET_ITEM(pair, 0), *value = PyTuple_GET_ITEM(pair, 1);
+        if (!PyUnicode_CheckExact(key) || !PyBytes_CheckExact(value)) goto other;
+        Py_ssize_t size = PyBytes_GET_SIZE(value);
+        PyObject *length = PyLong_FromSsize_t(size);
+        if (!length) goto fail;
+        PyList_SET_ITEM(sizes, i, length);
+        Py_INCREF(key);
+        PyList_SET_ITEM(keys, i, key);
+        Py_INCREF(value);
+        PyList_SET_ITEM(values, i, value);
+        value_bytes += (unsigned long long)size;
+        key_chars += (unsigned long long)PyUnicode_GET_LENGTH(key);
+    }
+    return Py_BuildValue("(NNNKK)", keys, values, sizes, value_bytes, key_chars);
+other:
+    Py_DECREF(keys);
+    Py_DECREF(values);
+    Py_DECREF(sizes);
+    Py_RETURN_NONE;
+fail:
+    Py_XDECREF(keys);
+    Py_XDECREF(values);
+    Py_XDECREF(sizes);
+    return NULL;
+}
+
 /* The values (bytes) end to end into target (a proxy's staging segment), all of them
  * or, if they would overrun it, none: fallback.stage_values. */
 static PyObject *stage_values(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
@@ -1244,6 +1289,8 @@ static PyMethodDef methods[] = {
     {"place_run", (PyCFunction)(void (*)(void))place_run, METH_FASTCALL,
      "see fallback.place_run"},
     {"rebuild", (PyCFunction)(void (*)(void))rebuild, METH_FASTCALL, "see fallback.rebuild"},
+    {"split_bytes_pairs", split_bytes_pairs, METH_O,
+     "split_bytes_pairs(pairs): see fallback.split_bytes_pairs"},
     {"stage_values", (PyCFunction)(void (*)(void))stage_values, METH_FASTCALL,
      "see fallback.stage_values"},
     {"parse_mset", parse_mset, METH_O, "parse_mset(frame): see fallback.parse_mset"},

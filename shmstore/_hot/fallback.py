@@ -12,7 +12,8 @@ consistency argument are :mod:`shmstore._layout`'s. Arguments, for every functio
   takes them as ``str``, encoded so.
 
 The writer's functions (everything but :func:`lookup`, :func:`key_hash`,
-:func:`manager_alive` and :func:`parse_mset`) run in the manager only, one batch at a
+:func:`manager_alive`, :func:`parse_mset`, :func:`split_bytes_pairs` and
+:func:`stage_values`) run in the manager only, one batch at a
 time, and trust what they read; :func:`lookup` runs in every proxy against memory the
 manager is changing, and checks everything it reads; :func:`parse_mset` runs in the
 manager on what a client sent, and checks everything it reads.
@@ -53,6 +54,7 @@ __all__ = [
     "place_run",
     "rebuild",
     "release_liveness",
+    "split_bytes_pairs",
     "stage_values",
     "stripes_enter",
     "stripes_exit",
@@ -413,6 +415,40 @@ def place_run(
                 view.release()
     finally:
         whole.release()
+
+
+_TUPLE = frozenset({tuple})
+_STR = frozenset({str})
+_BYTES = frozenset({bytes})
+
+
+def split_bytes_pairs(
+    pairs: list[Any],
+) -> tuple[list[str], list[bytes], list[int], int, int] | None:
+    """A proxy's ``mset`` batch of ``(str, bytes)`` pairs taken apart in one pass:
+    ``(keys, values, sizes, value_bytes, key_chars)``, where ``sizes`` are the values'
+    lengths in bytes, ``value_bytes`` their sum and ``key_chars`` the keys' lengths in
+    characters added up (``([], [], [], 0, 0)`` for no pairs).
+
+    ``None`` when an item is not a ``tuple`` of two, its key not exactly a ``str`` or
+    its value not exactly ``bytes``: the caller's general path then takes the batch
+    apart, and names the item if it is wrong.
+
+    :raises TypeError: ``pairs`` is not a ``list``.
+    """
+    if type(pairs) is not list:
+        raise TypeError("pairs must be a list")
+    if not set(map(type, pairs)) <= _TUPLE:
+        return None
+    try:
+        keys = [key for key, _ in pairs]
+        values = [value for _, value in pairs]
+    except ValueError:  # a tuple of another length
+        return None
+    if not (set(map(type, keys)) <= _STR and set(map(type, values)) <= _BYTES):
+        return None
+    sizes = list(map(len, values))
+    return keys, values, sizes, sum(sizes), sum(map(len, keys))
 
 
 def stage_values(target: Any, values: list[bytes]) -> int:
