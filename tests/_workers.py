@@ -489,8 +489,8 @@ def stage_then_report(store, progress) -> None:
 
     build_request = _store._SharedStoreBase._mset_request
 
-    def staged_then_stop(self, keys, values, ttl):
-        frame, staged = build_request(self, keys, values, ttl)
+    def staged_then_stop(self, *batch_and_ttl):
+        frame, staged = build_request(self, *batch_and_ttl)
         progress.send(staged.segment.name)
         progress.recv()  # never answered: the test kills us here
         return frame, staged
