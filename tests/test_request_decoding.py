@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 
+import msgpack
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -94,6 +95,17 @@ _ttls = st.one_of(
     st.sampled_from([0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, MAX_TTL_NS]),
     st.integers(0, MAX_TTL_NS),
 )
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys=_keys)
+def test_a_request_packs_to_the_same_bytes_with_or_without_lone_surrogates(keys):
+    # pack tries msgpack's strict UTF-8 path first; the wire format is still the one
+    # surrogatepass gives, which the manager decodes, for every str a key may be.
+    message = [proto.MSET_SHM, keys, "s1.2", [len(k) for k in keys], None]
+    expected = msgpack.packb(message, use_bin_type=True, unicode_errors="surrogatepass")
+    assert proto.pack(message) == expected
+    assert proto.parse_request(expected)[1][0] == keys
 
 
 @pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
