@@ -11,7 +11,9 @@ held at 200,000 values. For shmstore the proxies also count their direct reads t
 because a write overlapped their keys, and those given up to the manager.
 
 Every figure is measured in worker processes (spawned), never in the process that
-started the store, and is the median of ``--repeat`` rounds (default 5), each on a
+started the store; the single-client figures each in a process of its own, since the
+1 MiB reads depend on the state of the C library's heap, which a pool worker has from
+whatever ran in it before. Each is the median of ``--repeat`` rounds (default 5), each on a
 freshly started store, the peers taking turns within each round, in an order that
 turns by one each round. Ratios are shmstore's figure over the peer's, so above 1 means
 shmstore is faster, for latency too.
@@ -193,11 +195,21 @@ class _ServerCpu:
             figures[f"{label} server CPU per batch µs"] = used / batches * 1e6
 
 
+def _in_fresh_process(function, args):
+    """``function(*args)`` in a newly spawned process. A 1 MiB read copies into a new
+    ``bytes``, whose memory comes fresh from the kernel (page faults) or from the C
+    library's heap (none), by how that heap was left: in a reused pool worker, by what
+    ran there before (LMDB's median over one run in reused workers: 5,669 MB/s; in fresh
+    processes: 3,282-3,347), which would measure the order of the peers, not a store."""
+    with multiprocessing.get_context("spawn").Pool(1) as fresh:
+        return fresh.apply(function, args)
+
+
 def measure(peer_cls, pool, args) -> dict[str, float]:
     peer = peer_cls()
     handle = peer.start()
     try:
-        figures = pool.apply(one_process_run, (peer_cls, handle, *args))
+        figures = _in_fresh_process(one_process_run, (peer_cls, handle, *args))
         if peer.shared:
             n_keys, batch = args[0], args[1]
             spans = pool.starmap(reader_run, [(peer_cls, handle, n_keys, batch)] * READERS)
