@@ -168,7 +168,9 @@ class Arena:
                 k = min(len(reuse), len(sizes))
                 refs = reuse[: len(reuse) - k - 1 : -1] if k < len(reuse) else reuse[::-1]
                 del reuse[len(reuse) - k :]
-                return refs + self._bump_run(sizes[k:])
+                # An overwrite of as many entries of its class as were freed, the
+                # common case, needs no bump run.
+                return refs + self._bump_run(sizes[k:]) if k < len(sizes) else refs
         if not (free and any(free.get(size) for size in classes)):
             return self._bump_run(sizes)
         refs = []
@@ -207,7 +209,7 @@ class Arena:
             return
         free = self._free
         sizes = self.entry_sizes(used)
-        if len(set(sizes)) == 1:
+        if sizes.count(sizes[0]) == len(sizes):  # one class: a scan, not a set
             free.setdefault(sizes[0], []).extend(refs)
             return
         for ref, size in zip(refs, sizes, strict=True):

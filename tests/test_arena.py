@@ -55,6 +55,24 @@ def test_a_freed_block_is_reused_by_its_class_only(arena):
     assert _offset(again[1]) == 1704  # a class with nothing freed: the bump pointer
 
 
+@pytest.mark.parametrize("n", [1, 3, 4, 6])
+def test_a_batch_of_one_class_takes_its_freed_blocks_last_freed_first(arena, n):
+    # An overwrite of a cache of embeddings: as many, fewer or more entries of the
+    # class than were freed.
+    arena.make_room(1 << 16)
+    first = arena.allocate([1600] * 4)
+    arena.release(first, [1590] * 4)
+    bump = arena.bump
+    arena.make_room(arena.bump_need([1600] * n))
+    refs = arena.allocate([1600] * n)
+    reused = min(n, 4)
+    assert refs[:reused] == first[::-1][:reused]
+    assert [_offset(r) for r in refs[reused:]] == [bump + 1600 * i for i in range(n - reused)]
+    assert arena.bump == bump + 1600 * (n - reused)
+    if n < 4:  # the rest stay free, for the next batch
+        assert arena.allocate([1600] * (4 - n)) == first[::-1][n:]
+
+
 def test_a_full_segment_is_followed_by_a_new_one(arena):
     arena.make_room(900 << 10)
     arena.allocate([900 << 10])
