@@ -168,9 +168,7 @@ class Arena:
                 k = min(len(reuse), len(sizes))
                 refs = reuse[: len(reuse) - k - 1 : -1] if k < len(reuse) else reuse[::-1]
                 del reuse[len(reuse) - k :]
-                # An overwrite of as many entries of its class as were freed, the
-                # common case, needs no bump run.
-                return refs + self._bump_run(sizes[k:]) if k < len(sizes) else refs
+                return refs + self._bump_run(sizes[k:])
         if not (free and any(free.get(size) for size in classes)):
             return self._bump_run(sizes)
         refs = []
@@ -187,8 +185,10 @@ class Arena:
         return refs
 
     def _bump_run(self, sizes: list[int]) -> list[int]:
+        if not sizes:  # an overwrite that its class's freed blocks cover, most often
+            return []
         start = self._bump
-        size = sizes[0] if sizes else 0
+        size = sizes[0]
         if size and sizes.count(size) == len(sizes):  # one class: a range of refs
             # (an offset is below 1 << OFFSET_BITS, so the segment's bits add as they or)
             first = (self._id << L.OFFSET_BITS) + start
